@@ -1,0 +1,75 @@
+"""The ``phylojax`` command line.
+
+This is the only module that prints, exits or enables float64. Each subcommand lives in its own
+module under :mod:`phylojax.commands` and exposes ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``. A subcommand is listed in ``--help`` only when its module exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from .errors import PhylojaxError
+
+# Order in which subcommands appear in --help.
+COMMANDS = ("loglik", "fit", "simulate", "fel", "parsimony", "index")
+
+
+def _available_commands() -> list[str]:
+    return [
+        name
+        for name in COMMANDS
+        if importlib.util.find_spec(f"phylojax.commands.{name}") is not None
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="phylojax",
+        description="JAX-native, differentiable phylogenetics.",
+    )
+    parser.add_argument("--version", action="version", version=f"phylojax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _available_commands():
+        module = importlib.import_module(f"phylojax.commands.{name}")
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import jax
+
+    # Every reported likelihood is float64 (DESIGN.md section 0).
+    jax.config.update("jax_enable_x64", True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PhylojaxError as err:
+        print(f"phylojax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"phylojax {args.command}: error: {err.filename}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phylojax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``phylojax`` subcommand (see :mod:`phylojax.cli`)."""
