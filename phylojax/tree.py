@@ -114,7 +114,8 @@ class Tree:
         supports: Sequence[float | None] | None = None,
         source: str = "<tree>",
     ) -> Tree:
-        """Build from any node numbering: renumbers to leaves-first, internal postorder."""
+        """Build from any numbering: leaves first (in increasing old id), then internal nodes in
+        postorder."""
         labels = labels if labels is not None else [None] * len(names)
         supports = supports if supports is not None else [None] * len(names)
         leaves: list[int] = []
@@ -130,6 +131,7 @@ class Tree:
                 stack.append((node, True))
                 for child in reversed(children[node]):
                     stack.append((child, False))
+        leaves.sort()  # keep the caller's leaf order (Newick order when ids are preorder)
         order = leaves + internal_post
         new_id = {old: new for new, old in enumerate(order)}
         parents = np.full(len(order), -1, dtype=np.int64)

@@ -1,0 +1,115 @@
+"""Eigen-cached matrix exponentials of reversible rate matrices.
+
+A reversible ``Q = R diag(pi)`` is similar to the symmetric ``S = Pi^{1/2} Q Pi^{-1/2}``, so one
+``eigh(S) = U diag(lam) U^T`` per parameter value gives every ``P(t) = exp(Q t)`` as
+``Pi^{-1/2} U diag(exp(lam t)) U^T Pi^{1/2}`` -- no matrix inverse, and the decomposition is reused
+for every branch and rate category.
+
+Gradients: JAX's ``eigh`` derivative divides by ``lam_i - lam_j`` and is inf/NaN wherever eigenvalues
+repeat (JC69, K80, F81, GTR at equal frequencies). We never differentiate ``eigh``: the
+decomposition is computed on ``stop_gradient(S)`` and ``exp(S t)`` gets a custom JVP from the
+Daleckii-Krein formula, ``d exp(S t) = U (F o (U^T dS U)) U^T`` with the divided differences
+``F_ij = (e^{lam_i t} - e^{lam_j t}) / (lam_i - lam_j)``, which tend to ``t e^{lam_i t}`` as
+``lam_j -> lam_i`` (evaluated with ``expm1`` for accuracy). This is smooth at degenerate points.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+class Eigensystem(eqx.Module):
+    """Eigendecomposition of a reversible rate matrix, cached for many branch lengths.
+
+    ``eigenvectors`` V and ``inverse_eigenvectors`` V^-1 satisfy ``Q = V diag(eigenvalues) V^-1``.
+    ``symmetric`` is S (carrying gradients); ``orthogonal``/``eigenvalues`` come from
+    ``eigh(stop_gradient(S))`` and are used only through :func:`transition_probs`' custom JVP.
+    """
+
+    symmetric: Float[Array, "state state"]
+    eigenvalues: Float[Array, " state"]
+    orthogonal: Float[Array, "state state"]
+    sqrt_frequencies: Float[Array, " state"]
+
+    @property
+    def eigenvectors(self) -> Float[Array, "state state"]:
+        return self.orthogonal / self.sqrt_frequencies[:, None]
+
+    @property
+    def inverse_eigenvectors(self) -> Float[Array, "state state"]:
+        return self.orthogonal.T * self.sqrt_frequencies[None, :]
+
+    @property
+    def state_count(self) -> int:
+        return self.eigenvalues.shape[-1]
+
+
+def eigensystem(
+    rate_matrix: Float[Array, "state state"], frequencies: Float[Array, " state"]
+) -> Eigensystem:
+    """Decompose a reversible ``rate_matrix`` with stationary ``frequencies`` (one ``eigh``)."""
+    sqrt_pi = jnp.sqrt(frequencies)
+    sym = sqrt_pi[:, None] * rate_matrix / sqrt_pi[None, :]
+    sym = 0.5 * (sym + sym.T)  # exact symmetry for eigh; Q is reversible so this changes nothing
+    lam, u = jnp.linalg.eigh(jax.lax.stop_gradient(sym))
+    return Eigensystem(sym, lam, u, sqrt_pi)
+
+
+def _divided_differences(lam: Array, t: Array) -> Array:
+    """``F[..., i, j] = (e^{lam_i t} - e^{lam_j t}) / (lam_i - lam_j)``, ``t e^{lam_i t}`` at ties.
+
+    Written as ``t e^{lam_j t} * expm1(d t)/(d t)`` with ``d = lam_i - lam_j`` so that nearly equal
+    eigenvalues lose no precision; the removable singularity at ``d t = 0`` is handled by ``where``
+    on a safe denominator (no NaN leaks into gradients).
+    """
+    t = t[..., None, None]
+    lo = jnp.minimum(lam[:, None], lam[None, :])
+    x = jnp.abs(lam[:, None] - lam[None, :]) * t
+    small = x < 1e-8
+    safe_x = jnp.where(small, 1.0, x)
+    # (e^{a t} - e^{b t}) / (a - b) = t e^{b t} expm1(x) / x with b = min(a, b), x = |a - b| t >= 0
+    ratio = jnp.where(small, 1.0 + 0.5 * x, jnp.expm1(safe_x) / safe_x)
+    return t * jnp.exp(lo * t) * ratio
+
+
+@jax.custom_jvp
+def _sym_expm(sym: Array, lam: Array, u: Array, t: Array) -> Array:
+    """``exp(sym * t)`` for every ``t`` (any shape), given ``sym = u diag(lam) u^T``."""
+    return jnp.einsum("ik,...k,jk->...ij", u, jnp.exp(lam * t[..., None]), u)
+
+
+@_sym_expm.defjvp
+def _sym_expm_jvp(primals, tangents):
+    sym, lam, u, t = primals
+    dsym, _, _, dt = tangents  # lam and u are stop_gradient'ed: their tangents are zero
+    exp_lt = jnp.exp(lam * t[..., None])
+    out = jnp.einsum("ik,...k,jk->...ij", u, exp_lt, u)
+    # d/dt exp(S t) = U diag(lam e^{lam t}) U^T
+    d_out = jnp.einsum("ik,...k,jk->...ij", u, lam * exp_lt, u) * dt[..., None, None]
+    # Daleckii-Krein for the matrix argument.
+    ds_eig = u.T @ dsym @ u
+    f = _divided_differences(lam, t)
+    d_out = d_out + jnp.einsum("ik,...kl,jl->...ij", u, f * ds_eig, u)
+    return out, d_out
+
+
+def transition_probs(
+    eig: Eigensystem, times: Float[Array, "*batch"]
+) -> Float[Array, "*batch state state"]:
+    """``P(t) = exp(Q t)`` for every entry of ``times`` (e.g. ``branch x category``).
+
+    Rows are "from" states: ``P[..., i, j] = Pr(j at the end | i at the start)``.
+    """
+    times = jnp.asarray(times, dtype=eig.eigenvalues.dtype)
+    p_sym = _sym_expm(eig.symmetric, eig.eigenvalues, eig.orthogonal, times)
+    p = p_sym * (eig.sqrt_frequencies[None, :] / eig.sqrt_frequencies[:, None])
+    # Clip tiny negative round-off (|.| ~ 1e-17) so that log(P v) is always defined.
+    return jnp.maximum(p, 0.0)
+
+
+def transition_times_vector(eig: Eigensystem, t: Array, v: Array) -> Array:
+    """``P(t) @ v`` without forming P: ``V (e^{lam t} * (V^-1 v))`` (no custom derivative)."""
+    return eig.eigenvectors @ (jnp.exp(eig.eigenvalues * t) * (eig.inverse_eigenvectors @ v))
