@@ -159,8 +159,9 @@ def prepare(index: SuffixIndex) -> DeviceIndex:
         words=jnp.asarray(index.words),
         breaks=jnp.asarray(index.breaks),
         suffix_array=jnp.asarray(index.suffix_array),
-        sorted_keys=jnp.asarray(index.sorted_keys),
-        key_lengths=jnp.asarray(index.key_lengths),
+        # One sentinel past the end (all-T key, no bases) so probes can clamp instead of branch.
+        sorted_keys=jnp.asarray(np.append(index.sorted_keys, np.uint64(_ALL_ONES))),
+        key_lengths=jnp.asarray(np.append(index.key_lengths, np.uint8(0))),
         model=index.model,
         model_arrays=model_arrays,
     )
@@ -257,10 +258,14 @@ def _predicates(keys, key_lengths, pattern, m):
 
 
 def _sorted_predicate(sorted_keys, key_lengths, pattern, m, which):
-    """Predicate over ranks (int64[q]) of the key array; rank < 0 is True, rank >= n False."""
+    """Exact predicate over ranks (int64[q]) of the key array; rank < 0 is True, rank >= n False.
+
+    ``sorted_keys``/``key_lengths`` may carry one sentinel entry at the end (see :func:`prepare`),
+    which is never read as data.
+    """
     import jax.numpy as jnp
 
-    n = sorted_keys.shape[0]
+    n = sorted_keys.shape[0] - 1
 
     def predicate(rank):
         i = jnp.clip(rank, 0, n - 1)
@@ -299,14 +304,46 @@ def _lower_bound_dynamic(predicate, base, length):
     return lax.while_loop(lambda s: jnp.any(s[1] > 0), body, (base, length))[0]
 
 
-def _interval_static(sorted_keys, key_lengths, pattern, m, start, steps: int):
-    """lo, hi and a verification flag for first chunks, searching [start, start + 2**steps]."""
+def _interval(sorted_keys, key_lengths, pattern, m, start, steps: int):
+    """lo, hi (int64[q]) and a verified flag (bool[q]) for a first chunk of m (1..32) bases.
+
+    The halving steps read only the key array, with the pattern's top bits precomputed: the
+    lower bound needs nothing else, and for the upper bound "top(key) <= top(P)" only differs from
+    the exact rule on suffixes that hit a BREAK inside the pattern. Those lanes, and any lane
+    whose answer left [start, start + 2**steps], fail the exact check of the answer against its
+    neighbours (four reads) and go to :func:`_exact_interval`.
+    """
+    import jax.numpy as jnp
+
+    n = sorted_keys.shape[0] - 1
+    shift = (64 - 2 * m).astype(jnp.uint64)
+    top = pattern >> shift
+
+    def below(rank):
+        return (sorted_keys[jnp.minimum(rank, n)] >> shift) < top
+
+    def not_above(rank):
+        return (sorted_keys[jnp.minimum(rank, n)] >> shift) <= top
+
+    lo = _lower_bound_static(below, start, steps)
+    hi = jnp.minimum(_lower_bound_static(not_above, lo, steps), n)
+    lo = jnp.minimum(lo, n)
     less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0)
     less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1)
-    lo = _lower_bound_static(less, start, steps)
-    hi = _lower_bound_static(less_equal, lo, steps)
     verified = less(lo - 1) & ~less(lo) & less_equal(hi - 1) & ~less_equal(hi)
     return lo, hi, verified
+
+
+def _exact_interval(sorted_keys, key_lengths, pattern, m):
+    """Full binary search with the exact rule (the fallback); always correct."""
+    import jax.numpy as jnp
+
+    n = sorted_keys.shape[0] - 1
+    less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0)
+    less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1)
+    lo = _lower_bound_dynamic(less, jnp.zeros_like(m), jnp.full_like(m, n))
+    hi = _lower_bound_dynamic(less_equal, lo, n - lo)
+    return lo, hi
 
 
 @partial(jax.jit, static_argnames=("k", "key_bits", "radix_bits", "segment_steps"))
@@ -329,16 +366,11 @@ def _windows(model_arrays, chunk0, m, n, *, k, key_bits, radix_bits, segment_ste
 
 
 @partial(jax.jit, static_argnames=("steps",))
-def _bounded(sorted_keys, key_lengths, chunk0, m0, start, *, steps):
-    return _interval_static(sorted_keys, key_lengths, chunk0, m0, start, steps)
+def _search(sorted_keys, key_lengths, chunk0, m0, start, *, steps):
+    return _interval(sorted_keys, key_lengths, chunk0, m0, start, steps)
 
 
-@partial(jax.jit, static_argnames=("steps",))
-def _binary(sorted_keys, key_lengths, chunk0, m0, *, steps):
-    import jax.numpy as jnp
-
-    lo, hi, _ = _interval_static(sorted_keys, key_lengths, chunk0, m0, jnp.zeros_like(m0), steps)
-    return lo, hi
+_exact = jax.jit(_exact_interval)
 
 
 @jax.jit
@@ -406,21 +438,19 @@ def count(device: DeviceIndex, patterns: Patterns, *, use_model: bool = True, st
             segment_steps=model.segment_steps,
         )
         steps = min(window_steps(np.asarray(width)), full)
-        lo, hi, verified = _bounded(device.sorted_keys, device.key_lengths, chunk0, m0, start, steps=steps)
-        missed = np.flatnonzero(~np.asarray(verified))
-        if missed.size:
-            # Pad the fallback batch to a power of two so its shapes (and compilations) are few.
-            size = 1 << int(missed.size - 1).bit_length()
-            take = jnp.asarray(np.resize(missed, size))
-            flo, fhi = _binary(device.sorted_keys, device.key_lengths, chunk0[take], m0[take], steps=full)
-            lo = lo.at[take].set(flo)
-            hi = hi.at[take].set(fhi)
-        if stats is not None:
-            stats.update(window_steps=steps, fallback=int(missed.size))
     else:
-        lo, hi = _binary(device.sorted_keys, device.key_lengths, chunk0, m0, steps=full)
-        if stats is not None:
-            stats.update(window_steps=full, fallback=0)
+        start, steps = jnp.zeros_like(lengths), full
+    lo, hi, verified = _search(device.sorted_keys, device.key_lengths, chunk0, m0, start, steps=steps)
+    missed = np.flatnonzero(~np.asarray(verified))
+    if missed.size:
+        # Pad the fallback batch to a power of two so its shapes (and compilations) are few.
+        size = 1 << int(missed.size - 1).bit_length()
+        take = jnp.asarray(np.resize(missed, size))
+        flo, fhi = _exact(device.sorted_keys, device.key_lengths, chunk0[take], m0[take])
+        lo = lo.at[take].set(flo)
+        hi = hi.at[take].set(fhi)
+    if stats is not None:
+        stats.update(window_steps=steps, fallback=int(missed.size))
     if patterns.chunks.shape[1] > 1:
         lo, hi = _refine(device.suffix_array, device.words, device.breaks, chunks, lengths, lo, hi)
     return lo, hi

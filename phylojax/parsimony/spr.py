@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .fitch import TreeArrays, argmax_set, down_pass, state_counts
+from .fitch import TreeArrays, argmax_set, down_pass
 
 SITES_PER_WORD = 8
 LOW = np.uint32(0x11111111)
@@ -76,6 +76,32 @@ def _up_set(f0, f1, s):
     return _select(rest, rest, f0 | (f1 & ~s))
 
 
+def _remove_child(d, x):
+    """Ranked sets (five levels in, four out) of ``counts - [s in x]``, and the sites
+    (low bit per nibble) where the maximum count dropped by one."""
+    d0, d1, d2, d3, d4 = d
+    rest = d0 & ~x
+    stays = _nonempty_low(rest)
+    mask = stays * jnp.uint32(15)
+    a = (rest, (d0 & x) | (d1 & ~x), (d1 & x) | (d2 & ~x), (d2 & x) | (d3 & ~x))
+    b = (d0 | (d1 & ~x), (d1 & x) | (d2 & ~x), (d2 & x) | (d3 & ~x), (d3 & x) | (d4 & ~x))
+    levels = tuple((u & mask) | (v & ~mask) for u, v in zip(a, b))
+    return levels, LOW & ~stays
+
+
+def _add_child(d, x):
+    """Ranked sets (four levels in, three out) of ``counts + [s in x]``, and the sites where
+    the maximum rose by one."""
+    d0, d1, d2, d3 = d
+    hit = d0 & x
+    rises = _nonempty_low(hit)
+    mask = rises * jnp.uint32(15)
+    a = (hit, (d0 & ~x) | (d1 & x), (d1 & ~x) | (d2 & x))
+    b = (d0 | (d1 & x), (d1 & ~x) | (d2 & x), (d2 & ~x) | (d3 & x))
+    levels = tuple((u & mask) | (v & ~mask) for u, v in zip(a, b))
+    return levels, rises
+
+
 def _empty_count(x):
     """Number of sites whose nibble in ``x`` is empty; ``uint32[..., word] -> int32[...]``."""
     empty = LOW & ~_nonempty_low(x)
@@ -87,8 +113,8 @@ class PassState(NamedTuple):
     """Per-tree sets for move scoring (``n2 = node slots + 2``, ``word = padded site / 8``).
 
     sets: ``uint8[n2, site]`` down sets; counts: ``uint8[n2, site, 4]``; local: ``int32[n2, site]``;
-    packed: ``uint32[n2, word]`` down sets; d0/d1/d2: ``uint32[n2, word]`` first/second/third
-    ranked sets of the child counts; up: ``uint32[n2, word]`` up sets (optimal set at the parent
+    packed: ``uint32[n2, word]`` down sets; ranked: five ``uint32[n2, word]``, the states whose
+    child count is ``max - k`` for ``k = 0..4``; up: ``uint32[n2, word]`` up sets (optimal set at the parent
     of the tree with the node's subtree removed).
     """
 
@@ -96,9 +122,7 @@ class PassState(NamedTuple):
     counts: jax.Array
     local: jax.Array
     packed: jax.Array
-    d0: jax.Array
-    d1: jax.Array
-    d2: jax.Array
+    ranked: tuple[jax.Array, ...]
     up: jax.Array
 
 
@@ -149,12 +173,13 @@ def prepare(leaf_sets: jax.Array, arrays: TreeArrays) -> PassState:
     sets, counts, local = down_pass(leaf_sets, arrays)
     n2 = sets.shape[0]
     packed = pack(sets)
-    d0, d1, d2 = (pack(argmax_set(counts, k)) for k in range(3))
+    ranked = tuple(pack(argmax_set(counts, k)) for k in range(5))
+    d0, d1, d2 = ranked[:3]
     root = arrays.root
     keep = jnp.zeros(n2, bool).at[root].set(True)
     zeros = jnp.zeros(n2, jnp.int32)
     up, _, _, _ = _preorder(arrays, packed, d0, d1, d2, d0, d1, keep, root, zeros, zeros)
-    return PassState(sets, counts, local, packed, d0, d1, d2, up)
+    return PassState(sets, counts, local, packed, ranked, up)
 
 
 def _score_src(arrays: TreeArrays, state: PassState, src, ancestors):
@@ -165,25 +190,30 @@ def _score_src(arrays: TreeArrays, state: PassState, src, ancestors):
     n2 = arrays.parents.shape[0]
     sink = n2 - 1
     valid = ancestors != sink
-    up_sets = unpack(state.up)
+    site_count = state.packed.shape[-1] * SITES_PER_WORD
 
     def path_step(carry, inp):
+        # Replace the child on the path (old set) by its pruned version (new set; empty for
+        # src itself) in the ancestor's ranked count sets, all on packed words.
         old_child, new_child, first = carry
         a, ok = inp
-        cnt = (
-            state.counts[a].astype(jnp.int32)
-            - state_counts(old_child).astype(jnp.int32)
-            + state_counts(new_child).astype(jnp.int32)
+        ranked = tuple(r[a] for r in state.ranked)
+        levels, dropped = _remove_child(ranked, old_child)
+        levels, hit = _add_child(levels, new_child)
+        # local = k - max count: k drops by one at the first step; max drops / rises per site.
+        d_r = (
+            jax.lax.population_count(dropped).astype(jnp.int32).sum()
+            - jax.lax.population_count(hit).astype(jnp.int32).sum()
+            - first.astype(jnp.int32) * site_count
         )
-        k = arrays.child_count[a] - first.astype(jnp.int32)
-        new_local = k - cnt.max(axis=-1)
-        d_r = jnp.where(ok, (new_local - state.local[a]).sum(), 0)
-        new_set = argmax_set(cnt)
-        full = cnt + jnp.where(a == arrays.root, 0, state_counts(up_sets[a]).astype(jnp.int32))
-        out = (pack(new_set), pack(argmax_set(full)), pack(argmax_set(full, 1)), d_r)
-        return (state.sets[a], new_set, jnp.asarray(False)), out
+        d_r = jnp.where(ok, d_r, 0)
+        f0, f1 = _ranked_sets_with(levels[0], levels[1], levels[2], state.up[a])
+        is_root = a == arrays.root
+        f0 = jnp.where(is_root, levels[0], f0)
+        f1 = jnp.where(is_root, levels[1], f1)
+        return (state.packed[a], levels[0], jnp.asarray(False)), (levels[0], f0, f1, d_r)
 
-    start = (state.sets[src], jnp.zeros_like(state.sets[src]), jnp.asarray(True))
+    start = (state.packed[src], jnp.zeros_like(state.packed[src]), jnp.asarray(True))
     _, (path_sets, path_f0, path_f1, d_r) = jax.lax.scan(path_step, start, (ancestors, valid))
     removal = d_r.sum()
 
@@ -194,7 +224,7 @@ def _score_src(arrays: TreeArrays, state: PassState, src, ancestors):
     anc_dist = jnp.zeros(n2, jnp.int32).at[ancestors].set(steps)
     anc_lca = jnp.zeros(n2, jnp.int32).at[ancestors].set(ancestors).at[src].set(src)
     up, dist, lca, inside = _preorder(
-        arrays, state.packed, state.d0, state.d1, state.d2, f0, f1, keep, src, anc_dist, anc_lca
+        arrays, state.packed, *state.ranked[:3], f0, f1, keep, src, anc_dist, anc_lca
     )
     kept = keep[:, None]
     down = jnp.where(kept, state.packed.at[ancestors].set(path_sets), state.packed)
