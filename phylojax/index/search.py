@@ -304,14 +304,13 @@ def _lower_bound_dynamic(predicate, base, length):
     return lax.while_loop(lambda s: jnp.any(s[1] > 0), body, (base, length))[0]
 
 
-def _interval(sorted_keys, key_lengths, pattern, m, start, steps: int):
-    """lo, hi (int64[q]) and a verified flag (bool[q]) for a first chunk of m (1..32) bases.
+def _interval(sorted_keys, pattern, m, start, steps: int):
+    """lo, hi (int64[q]) for a first chunk of m (1..32) bases, searching [start, start + 2**steps].
 
     The halving steps read only the key array, with the pattern's top bits precomputed: the
     lower bound needs nothing else, and for the upper bound "top(key) <= top(P)" only differs from
     the exact rule on suffixes that hit a BREAK inside the pattern. Those lanes, and any lane
-    whose answer left [start, start + 2**steps], fail the exact check of the answer against its
-    neighbours (four reads) and go to :func:`_exact_interval`.
+    whose answer left the window, fail :func:`_verify` and go to :func:`_exact_interval`.
     """
     import jax.numpy as jnp
 
@@ -325,13 +324,20 @@ def _interval(sorted_keys, key_lengths, pattern, m, start, steps: int):
     def not_above(rank):
         return (sorted_keys[jnp.minimum(rank, n)] >> shift) <= top
 
-    lo = _lower_bound_static(below, start, steps)
+    lo = jnp.minimum(_lower_bound_static(below, start, steps), n)
     hi = jnp.minimum(_lower_bound_static(not_above, lo, steps), n)
-    lo = jnp.minimum(lo, n)
+    return lo, hi
+
+
+def _verify(sorted_keys, key_lengths, pattern, m, lo, hi):
+    """bool[q]: lo and hi are exactly where the exact predicates turn false (four reads).
+
+    Jitted on its own: fused into the search, XLA recomputed the whole chain of dependent gathers
+    for each of these consumers, which made the search several times slower.
+    """
     less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0)
     less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1)
-    verified = less(lo - 1) & ~less(lo) & less_equal(hi - 1) & ~less_equal(hi)
-    return lo, hi, verified
+    return less(lo - 1) & ~less(lo) & less_equal(hi - 1) & ~less_equal(hi)
 
 
 def _exact_interval(sorted_keys, key_lengths, pattern, m):
@@ -366,8 +372,11 @@ def _windows(model_arrays, chunk0, m, n, *, k, key_bits, radix_bits, segment_ste
 
 
 @partial(jax.jit, static_argnames=("steps",))
-def _search(sorted_keys, key_lengths, chunk0, m0, start, *, steps):
-    return _interval(sorted_keys, key_lengths, chunk0, m0, start, steps)
+def _search(sorted_keys, chunk0, m0, start, *, steps):
+    return _interval(sorted_keys, chunk0, m0, start, steps)
+
+
+_verify_jit = jax.jit(_verify)
 
 
 _exact = jax.jit(_exact_interval)
@@ -440,7 +449,8 @@ def count(device: DeviceIndex, patterns: Patterns, *, use_model: bool = True, st
         steps = min(window_steps(np.asarray(width)), full)
     else:
         start, steps = jnp.zeros_like(lengths), full
-    lo, hi, verified = _search(device.sorted_keys, device.key_lengths, chunk0, m0, start, steps=steps)
+    lo, hi = _search(device.sorted_keys, chunk0, m0, start, steps=steps)
+    verified = _verify_jit(device.sorted_keys, device.key_lengths, chunk0, m0, lo, hi)
     missed = np.flatnonzero(~np.asarray(verified))
     if missed.size:
         # Pad the fallback batch to a power of two so its shapes (and compilations) are few.
