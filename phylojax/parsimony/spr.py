@@ -274,7 +274,9 @@ def ancestor_table(parents: np.ndarray, sources: np.ndarray, sink: int, path: in
     return out
 
 
-def source_blocks(parents: np.ndarray, arrays: TreeArrays, batch: int = 32, sources=None):
+def source_blocks(
+    parents: np.ndarray, arrays: TreeArrays, batch: int = 64, sources=None, path: int = 0
+):
     """Sources (every non-root node unless given) and their ancestor tables, as padded blocks."""
     parents = np.asarray(parents)
     if sources is None:
@@ -282,7 +284,7 @@ def source_blocks(parents: np.ndarray, arrays: TreeArrays, batch: int = 32, sour
     sources = np.asarray(sources, dtype=np.int32)
     sink = arrays.parents.shape[0] - 1
     depth = np.asarray(arrays.depth)
-    path = int(-(-max(int(depth.max()), 1) // 8) * 8)
+    path = max(path, int(-(-max(int(depth.max()), 1) // 8) * 8))
     n_chunks = -(-max(len(sources), 1) // batch)
     padded = np.full(n_chunks * batch, sources[0] if len(sources) else 0, dtype=np.int32)
     padded[: len(sources)] = sources
@@ -312,7 +314,7 @@ def collect_moves(parents, sources, delta, dist, lca, inside, radius: int | None
     )
 
 
-def score_all_moves(parents, leaf_sets, arrays: TreeArrays, *, radius=None, batch=32, sources=None):
+def score_all_moves(parents, leaf_sets, arrays: TreeArrays, *, radius=None, batch=64, sources=None):
     """Exact delta of every SPR move within ``radius`` (all moves if ``None``).
 
     ``parents``: numpy parent array of the tree that ``arrays`` describes (``-2`` unused slots);
