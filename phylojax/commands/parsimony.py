@@ -20,10 +20,11 @@ behind is suppressed; delta = new length - old length.  Moves that leave the top
 (dst = parent or sibling of src under a binary parent) are listed too, with delta 0.
 MOVES.tsv columns: src, dst, lca, path_len (edges on the src-dst path), delta.
 
-Node names: leaves and named internal nodes use their Newick names.  An unnamed internal node is
-called "_n<k>", where k is its position among internal nodes in postorder (children before
-parents, children in Newick order), counting from 0 at the first internal node closed in the
-Newick string; the root, if unnamed, is therefore the last.
+Node names: leaves and named internal nodes use their Newick names (the larch data sets name
+every node, so MOVES.tsv rows match their reference tables).  An unnamed internal node is called
+"_n<k>", where k is its index among the internal nodes in phylojax's node numbering (internal
+nodes after the leaves, every node after its descendants; the same Newick text always gives the
+same numbering, and an unnamed root is the last, _n<internal count - 1>).
 """
 
 
