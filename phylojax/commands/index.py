@@ -69,6 +69,8 @@ def read_queries(path: str) -> tuple[list[str], list[bytes], list[int]]:
                 patterns.append(b"")
                 where.append(number)
             elif line:
+                if not patterns[-1]:
+                    where[-1] = number  # errors point at the record's first sequence line
                 patterns[-1] += line
         else:
             if not line:

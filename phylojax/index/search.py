@@ -429,6 +429,17 @@ def count(device: DeviceIndex, patterns: Patterns, *, use_model: bool = True, st
     _require_x64()
     import jax.numpy as jnp
 
+    query_count = patterns.lengths.shape[0]
+    padded = max(64, 1 << int(query_count - 1).bit_length())
+    if padded != query_count:
+        # Batches are padded to a power of two so a session compiles a handful of shapes.
+        pad = padded - query_count
+        patterns = Patterns(
+            chunks=np.concatenate([np.asarray(patterns.chunks), np.repeat(np.asarray(patterns.chunks)[:1], pad, 0)]),
+            lengths=np.concatenate([np.asarray(patterns.lengths), np.repeat(np.asarray(patterns.lengths)[:1], pad)]),
+        )
+        lo, hi = count(device, patterns, use_model=use_model, stats=stats)
+        return lo[:query_count], hi[:query_count]
     chunks = jnp.asarray(patterns.chunks)
     lengths = jnp.asarray(patterns.lengths)
     chunk0 = chunks[:, 0]
