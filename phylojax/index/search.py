@@ -430,7 +430,11 @@ def count(device: DeviceIndex, patterns: Patterns, *, use_model: bool = True, st
     import jax.numpy as jnp
 
     query_count = patterns.lengths.shape[0]
-    padded = max(64, 1 << int(query_count - 1).bit_length())
+    block = 1 << 16
+    if query_count <= block:
+        padded = max(64, 1 << int(query_count - 1).bit_length())
+    else:
+        padded = -(-query_count // block) * block
     if padded != query_count:
         # Batches are padded to a power of two so a session compiles a handful of shapes.
         pad = padded - query_count
