@@ -1,0 +1,1 @@
+"""Selection analyses on codon alignments (FEL)."""
