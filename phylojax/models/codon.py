@@ -250,3 +250,30 @@ def expected_rate(r, frequencies) -> Array:
     """``sum_i pi_i sum_{j != i} R_ij pi_j``: expected substitutions per unit time of ``R diag(pi)``."""
     pi = jnp.asarray(frequencies)
     return pi @ (r - jnp.diag(jnp.diag(r))) @ pi
+
+
+def model_from_spec(spec, problem, code: int | str = 1):
+    """``(ReversibleModel, RateModel)`` for a codon :class:`~phylojax.models.spec.ModelSpec`
+    (MGK{kappa,omega} or MG94xREV{AC,AG,AT,CG,CT,omega}, GT = 1), frequencies counted from
+    ``problem.alignment`` with the spec's estimator (F1X4 / F3X4 / CF3X4; default F3X4).
+    Free parameters take defaults (kappa 2, omega 1, rates 1). Normalised per codon."""
+    from ..alphabets import nucleotide_partials
+    from .rates import rate_model
+
+    p = spec.parameters
+    omega = p.get("omega") if p.get("omega") is not None else 1.0
+    estimator = spec.frequency_mode if spec.frequency_mode.upper() in ESTIMATORS else "F3X4"
+    counts = position_counts(nucleotide_partials(problem.alignment))
+    if spec.name == "MGK":
+        kappa = p.get("kappa") if p.get("kappa") is not None else 2.0
+        model = mgk(kappa, omega, counts, code, frequencies=estimator)
+    else:
+        rates = p.get("rates") if p.get("rates") is not None else (1.0,) * 5
+        model = mg94(jnp.asarray(tuple(rates) + (1.0,)), omega, counts, code, frequencies=estimator)
+    alpha = p.get("alpha") if spec.category_count > 1 else None
+    rates = rate_model(
+        alpha=alpha if alpha is not None else (1.0 if spec.category_count > 1 else None),
+        category_count=spec.category_count,
+        pinv=p.get("pinv") or 0.0,
+    )
+    return model, rates

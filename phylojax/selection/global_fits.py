@@ -120,7 +120,9 @@ def _theta6(log_theta5):
 
 
 def _lengths(log_t, free):
-    return jnp.where(jnp.asarray(free), jnp.exp(log_t), 0.0)
+    # exp(LOG_MIN) stands for a branch at its lower bound: report and use exactly 0
+    t = jnp.exp(log_t)
+    return jnp.where(jnp.asarray(free) & (log_t > LOG_MIN + 1e-6), t, 0.0)
 
 
 def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_frequencies,
