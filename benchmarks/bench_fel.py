@@ -1,0 +1,116 @@
+"""HyPhy 2.5.47 FEL vs ``phylojax fel`` on the shared data sets: time, memory, agreement.
+
+    python benchmarks/bench_fel.py [--sets CD2 p51 ...] [--no-hyphy] [--hyphy-timings]
+
+For each set: HyPhy (``hyphy-avx CPU=1 fel``, run here unless ``--hyphy-timings`` reuses
+../shared/data/hyphy/reference/timings.tsv), phylojax end to end in a fresh process (compilation
+included, ``/usr/bin/time -v`` for peak memory) and warm (a second ``fel()`` call in one process),
+then agreement with HyPhy's frozen JSON: global MG94 lnL difference, max / median |ΔLRT|, and
+classification differences at p <= 0.1 with the alternative lnL gain that explains each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hyphy"
+HYPHY = "/usr/lib/hyphy/bin/hyphy-avx"
+SETS = {
+    "CD2": "CD2.nex", "p51": "p51.nex", "HepatitisD": "HepatitisD.nex",
+    "Bacterial_PTS": "Bacterial_PTS_trehalose_transporter_suIII.nex",
+    "yokoyama_rh1": "yokoyama.rh1.cds.mod.1-990.nex", "rbp3": "rbp3.nex",
+    "partitioned": "partitioned.nex",
+}  # fmt: skip
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of ``cmd`` under /usr/bin/time -v."""
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr[-2000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return wall, (int(rss.group(1)) / 1024 if rss else float("nan")), proc.stdout
+
+
+def hyphy_reference_time(name: str) -> float:
+    for line in (SHARED / "reference" / "timings.tsv").read_text().splitlines():
+        f = line.split("\t")
+        if f[0] == name and f[3].startswith("default") and f[4] == "CPU=1":
+            return float(f[5])
+    return float("nan")
+
+
+def rows_of(doc) -> np.ndarray:
+    return np.concatenate([np.array(doc["MLE"]["content"][k]) for k in
+                           sorted(doc["MLE"]["content"], key=int)])  # fmt: skip
+
+
+def classes(rows, p=0.1):
+    sig = rows[:, 4] <= p
+    return sig & (rows[:, 0] < rows[:, 1]), sig & (rows[:, 0] >= rows[:, 1])
+
+
+def warm_time(path: pathlib.Path) -> float:
+    code = (
+        "import jax, time; jax.config.update('jax_enable_x64', True)\n"
+        "from phylojax.io import read_alignment\nfrom phylojax.selection.fel import fel\n"
+        f"a = read_alignment({str(path)!r}); fel(a)\n"
+        "t = time.perf_counter(); fel(a); print(time.perf_counter() - t)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sets", nargs="*", default=list(SETS))
+    ap.add_argument("--hyphy-timings", action="store_true",
+                    help="reuse reference/timings.tsv instead of running HyPhy (except CD2)")
+    ap.add_argument("--no-warm", action="store_true")
+    args = ap.parse_args()
+    print("| set | taxa x codons | HyPhy s | phylojax cold s | warm s | ratio cold | ratio warm |"
+          " peak MiB (pj / HyPhy) | ΔlnL global | max / median abs ΔLRT | class diffs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.sets:
+        path = SHARED / SETS[name]
+        ref = json.loads((SHARED / "reference" / f"{name}.FEL.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.hyphy_timings and name != "CD2":
+                t_h, m_h = hyphy_reference_time(name), float("nan")
+            else:
+                t_h, m_h, _ = timed([HYPHY, "CPU=1", "fel", "--alignment", str(path),
+                                     "--output", f"{tmp}/h.json"])  # fmt: skip
+            out = pathlib.Path(tmp) / "p.json"
+            t_p, m_p, _ = timed([sys.executable, "-m", "phylojax", "fel", "--alignment", str(path),
+                                 "--output", str(out), "--quiet"])  # fmt: skip
+            doc = json.loads(out.read_text())
+        t_w = float("nan") if args.no_warm else warm_time(path)
+        ours, theirs = rows_of(doc), rows_of(ref)
+        dll = (doc["fits"]["Global MG94xREV"]["Log Likelihood"]
+               - ref["fits"]["Global MG94xREV"]["Log Likelihood"])  # fmt: skip
+        d = ours[:, 3] - theirs[:, 3]
+        var = ~(theirs[:, :4] == 0).all(1)
+        (pp, nn), (hp, hn) = classes(ours), classes(theirs)
+        diffs = [f"{i + 1}:{'pos' if pp[i] else 'neg' if nn[i] else '-'}"
+                 f"(HyPhy {'pos' if hp[i] else 'neg' if hn[i] else '-'}, ΔLRT {d[i]:+.3f})"
+                 for i in np.flatnonzero((pp != hp) | (nn != hn))]  # fmt: skip
+        taxa = ref["input"]["number of sequences"]
+        print(f"| {name} | {taxa} x {len(theirs)} | {t_h:.1f} | {t_p:.1f} | {t_w:.1f} | "
+              f"{t_h / t_p:.2f} | {t_h / t_w:.2f} | {m_p:.0f} / {m_h:.0f} | {dll:+.4f} | "
+              f"{np.abs(d).max():.4f} / {np.median(np.abs(d[var])):.1e} | "
+              f"{'; '.join(diffs) or 'none'} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
