@@ -100,7 +100,7 @@ def test_site_stage_against_hyphy_global_fit():
     lengths = fits["branch length"]["0"]
     times = np.zeros(part.binary.node_count)
     for i, s in enumerate(_splits(part.binary)[:-1]):
-        if s in names and names[s] in lengths:
+        if part.source_nodes[i] >= 0 and s in names and names[s] in lengths:
             times[i] = lengths[names[s]]["synonymous rate"]["MLE"]
     assert (times > 0).sum() == 15  # 16 branches, HUMAN's is 0
     problem = SiteProblem(r_s, r_n, pi, jnp.asarray(times), jnp.zeros(len(times), bool),
