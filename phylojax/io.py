@@ -235,7 +235,7 @@ def _label_nexus_matrix(text: str, source: str) -> str:
 def _charsets(text: str, nchar: int, source: str) -> dict[str, list[int]]:
     """CHARSET name = 1-300 301-600\\3 ...; (1-based, inclusive, optional stride, '.' = end)."""
     sets: dict[str, list[int]] = {}
-    for match in re.finditer(r"(?im)^\s*charset\s+('?[^=\s']+'?)\s*=\s*([^;]*);", text):
+    for match in re.finditer(r"(?i)\bcharset\s+('?[^=\s']+'?)\s*=\s*([^;]*);", text):
         name, cols = match.group(1).strip("'"), set()
         for token in match.group(2).split():
             m = re.fullmatch(r"(\d+)(?:-(\d+|\.))?(?:\\(\d+))?", token)
@@ -374,6 +374,20 @@ def _validate_newick(text: str, source: str) -> None:
             f"malformed Newick: {depth} unclosed '(' at end of input (position {len(text)})",
             file=source,
         )
+    unquoted = re.sub(r"'[^']*'|\[[^\]]*\]", lambda m: " " * len(m.group(0)), text)
+    for match in re.finditer(r":\s*([^,():;\[\]{}\s]*)", unquoted):
+        token = match.group(1)
+        if not _NUMBER.match(token):
+            raise input_error(
+                f"malformed Newick: branch length {token!r} at position {match.start(1) + 1} "
+                "is not a number >= 0",
+                file=source,
+            )
+        if float(token) < 0:
+            raise input_error(
+                f"branch length {token} at position {match.start(1) + 1} must be >= 0",
+                file=source,
+            )
     if not text.rstrip().endswith(";"):
         raise input_error(
             f"malformed Newick: missing ';' at end (position {len(text.rstrip())})", file=source

@@ -284,6 +284,12 @@ class Tree:
     def to_newick(self, branch_lengths=None, *, precision: int = 10, labels: bool = False) -> str:
         lengths = self.branch_lengths if branch_lengths is None else np.asarray(branch_lengths)
         kids = self.children
+        # Canonical child order (by smallest leaf below) so that parse(to_newick(t)) is stable.
+        first_leaf = np.arange(self.node_count)
+        for v in range(self.node_count - 1):
+            p = self.parents[v]
+            first_leaf[p] = min(first_leaf[p], first_leaf[v])
+        kids = [sorted(c, key=lambda v: first_leaf[v]) for c in kids]
 
         def fmt_name(name: str | None) -> str:
             if name is None:
