@@ -126,7 +126,7 @@ def bench_size(size, args, rows, notes):
     compile_s, lnl = timed(fwd, *p64)
     lnl_pj = float(lnl)
     engines["phylojax f64"] = (lambda: fwd(*p64).block_until_ready(), compile_s, cli)
-    if args.float32:
+    if args.float32 and n <= 200:  # float32 only where memory allows both
         f32 = make_fn(cast_data(problem.data, jnp.float32), jnp.float32)
         p32 = params(problem, meta, jnp.float32)
         fwd32 = jax.jit(f32)
@@ -135,7 +135,21 @@ def bench_size(size, args, rows, notes):
                      f"(float64 {lnl_pj:.4f}, diff {float(lnl32) - lnl_pj:+.3g})")
         engines["phylojax f32"] = (lambda: fwd32(*p32).block_until_ready(), c32, "(same, float32)")
 
-    # libpll: same patterns, same rooted binary tree, its own Gamma rates (checked below)
+    # libpll: same patterns, same rooted binary tree, its own Gamma rates (checked below).
+    # Without tip-pattern, libpll allocates a CLV for every node (500x50000: ~6 GB each), so on
+    # large data each libpll partition is created, timed interleaved with phylojax, and freed.
+    times = {k: [] for k in engines}
+    reps = args.repeat if n <= 200 else args.repeat_large
+    sequential = n > 200
+    ours = dict(engines)
+
+    def rounds(active):
+        for _ in range(reps):
+            for k, (call, _, _) in active.items():
+                t0 = time.perf_counter()
+                call()
+                times.setdefault(k, []).append(time.perf_counter() - t0)
+
     parts = {}
     for label, arch, pt in (("libpll AVX2", "avx2", False), ("libpll AVX2 tip-pattern", "avx2", True),
                             ("libpll plain C", "cpu", False)):
@@ -146,7 +160,6 @@ def bench_size(size, args, rows, notes):
                                         alpha=meta["alpha"], categories=4, arch=arch,
                                         pattern_tip=pt)
         setup = time.perf_counter() - t0
-        parts[label] = part
         value = part.loglik()
         diff = value - lnl_pj
         ok = abs(diff) <= 1e-6
@@ -155,15 +168,13 @@ def bench_size(size, args, rows, notes):
         print(notes[-1], flush=True)
         engines[label] = (part.loglik, setup, f"libpll_ctypes.LibpllPartition(arch={arch!r}, "
                           f"pattern_tip={pt}).loglik()")
-
-    # interleaved timing
-    times = {k: [] for k in engines}
-    reps = args.repeat if n <= 200 else args.repeat_large
-    for _ in range(reps):
-        for k, (call, _, _) in engines.items():
-            t0 = time.perf_counter()
-            call()
-            times[k].append(time.perf_counter() - t0)
+        if sequential:
+            rounds({**ours, label: engines[label]})
+            part.close()
+        else:
+            parts[label] = part
+    if not sequential:
+        rounds(engines)
     ref = stats(times.get("libpll AVX2", times["phylojax f64"]))
     for k, (_, setup, cmd) in engines.items():
         s = stats(times[k])
