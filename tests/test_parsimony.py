@@ -7,6 +7,7 @@ import argparse
 import gzip
 import itertools
 import json
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,53 @@ def test_seedtree_lengths(aln, nwk, expected):
     assert length(tree, sets) == expected
     # Hartigan counts, not the 0/1 empty-intersection cost (1,621 on seedtree).
     assert fitch.sankoff_length_numpy(tree.parents, sets) == expected
+
+
+# ------------------------------------------------------------------------------ dnapars (PHYLIP)
+# Lengths frozen from PHYLIP 3.697 dnapars (Debian `phylip`), user-tree mode:
+#   python -c 'import sys; sys.path.insert(0, "benchmarks"); import bench_parsimony as b; ...'
+# i.e. benchmarks/bench_parsimony.py:dnapars_lengths, which writes `infile` (PHYLIP, taxa renamed
+# t0, t1, ... padded to 10 characters, state sets as IUPAC letters, all four states as N) and
+# `intree` (one topology-only Newick per line), then runs
+#   printf 'U\nY\n' | /usr/lib/phylip/bin/dnapars
+# and reads "requires a total of N" from `outfile`, once per tree.  dnapars scores
+# multifurcating user trees exactly (a 5-taxon star with sites AACCG / ACGTT: 6).
+# `resolve` is Tree.resolve_binary() (deterministic); a binary resolution is never longer.
+DNAPARS_LENGTHS = [
+    # (alignment, tree, resolve, dnapars length)
+    ("parsimony/dnapars_small.fasta", "parsimony/dnapars_small.nwk", False, 232),  # IUPAC codes
+    ("parsimony/dnapars_small.fasta", "parsimony/dnapars_small.nwk", True, 223),
+    ("parsimony/tree_0_leaves.fasta", "parsimony/tree_0.nwk", False, 174),
+    ("parsimony/tree_0_leaves.fasta", "parsimony/tree_0.nwk", True, 174),
+    ("larch_seedtree/seedtree_varsites.fasta", "larch_seedtree/seedtree.nwk", False, 1641),
+    ("larch_seedtree/seedtree_varsites.fasta", "larch_seedtree/seedtree.nwk", True, 1630),
+]
+
+
+@pytest.mark.parametrize("aln,nwk,resolve,expected", DNAPARS_LENGTHS)
+def test_lengths_match_dnapars(data_dir, aln, nwk, resolve, expected):
+    if aln.startswith("larch_"):
+        base = shared_or_skip(aln.split("/")[0]).parent
+    else:
+        base = data_dir
+    tree, sets = load(base / aln, base / nwk)
+    if resolve:
+        tree = tree.resolve_binary()
+    assert length(tree, sets) == expected
+    assert fitch.sankoff_length_numpy(tree.parents, sets) == expected
+
+
+@pytest.mark.skipif(not pathlib.Path("/usr/lib/phylip/bin/dnapars").exists(), reason="no dnapars")
+def test_dnapars_live_small(data_dir):
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_parsimony.py"
+    spec = importlib.util.spec_from_file_location("bench_parsimony", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tree, sets = load(data_dir / "parsimony/dnapars_small.fasta", data_dir / "parsimony/dnapars_small.nwk")
+    trees = [tree, tree.resolve_binary()]
+    assert bench.dnapars_lengths(sets, [t.parents for t in trees]) == [length(t, sets) for t in trees]
 
 
 # ------------------------------------------------------------------------------ move tables
