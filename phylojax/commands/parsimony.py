@@ -40,7 +40,13 @@ def add_arguments(parser) -> None:
         help="search: comma-separated radii tried in turn, e.g. 2,4,8,16,32,64 (default: all moves)",
     )
     parser.add_argument("--plateau-rounds", type=int, default=0, help="search: sideways rounds")
-    parser.add_argument("--seed", type=int, default=0, help="search: seed for sideways moves")
+    parser.add_argument("--seed", type=int, default=0, help="search: seed for sideways/escape moves")
+    parser.add_argument(
+        "--escape-tries",
+        type=int,
+        default=100,
+        help="search: at a local optimum, delta-0 moves tried for a nearby improving move (0: off)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -111,7 +117,8 @@ def run(args) -> int:
     schedule = [int(r) for r in args.radius_schedule.split(",")] if args.radius_schedule else None
     start = time.perf_counter()
     result = search.spr_search(
-        tree.parents, leaf_sets, schedule=schedule, plateau_rounds=args.plateau_rounds, seed=args.seed
+        tree.parents, leaf_sets, schedule=schedule, plateau_rounds=args.plateau_rounds, seed=args.seed,
+        escape_tries=args.escape_tries,
     )
     seconds = time.perf_counter() - start
     final_tree = search.compact(result.parents, tree.leaf_names)

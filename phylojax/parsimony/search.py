@@ -75,6 +75,31 @@ def select_moves(
     return chosen
 
 
+def neighbourhood(parents: np.ndarray, seeds, count: int) -> np.ndarray:
+    """The ``count`` non-root nodes nearest to ``seeds`` (breadth-first over tree edges, in a
+    deterministic order): the sources whose best moves a local rearrangement most likely changed."""
+    parents = np.asarray(parents)
+    adj: dict[int, list[int]] = {}
+    for v in np.flatnonzero(parents >= 0):
+        p = int(parents[v])
+        adj.setdefault(int(v), []).append(p)
+        adj.setdefault(p, []).append(int(v))
+    frontier = list(dict.fromkeys(int(x) for x in seeds if x >= 0 and parents[x] != -2))
+    seen = set(frontier)
+    out: list[int] = []
+    while frontier and len(out) < count:
+        nxt = []
+        for v in frontier:
+            if parents[v] >= 0:
+                out.append(v)
+            for w in adj.get(v, ()):
+                if w not in seen:
+                    seen.add(w)
+                    nxt.append(w)
+        frontier = nxt
+    return np.array(out[:count], dtype=np.int32)
+
+
 def compact(parents: np.ndarray, leaf_names) -> Tree:
     """Parent array with free slots -> :class:`Tree` with the given leaf names (slots
     ``0..leaf-1``) and unnamed internal nodes."""
@@ -93,6 +118,30 @@ def compact(parents: np.ndarray, leaf_names) -> Tree:
     return Tree.from_children(children, index[root], names=names, branch_lengths=[np.nan] * len(used))
 
 
+def _escape(current, moves, rng, tries, sources, arrays_of, informative, path):
+    """Delta-0 step plus an improving step found among nearby sources; ``(parents, tries used)``
+    or ``None``."""
+    zero = [
+        i for i in np.flatnonzero(moves.delta == 0)
+        if not is_noop(current, int(moves.src[i]), int(moves.dst[i]))
+    ]
+    order = rng.permutation(len(zero))[:tries]
+    for used, k in enumerate(order, start=1):
+        src, dst = int(moves.src[zero[k]]), int(moves.dst[zero[k]])
+        cand, _ = apply_spr(current, src, dst)
+        arrays = arrays_of(cand)
+        state = prepare(informative, arrays)
+        near = neighbourhood(cand, [src, dst, int(cand[src])], sources)
+        srcs, blocks, anc = source_blocks(cand, arrays, sources, sources=near, path=path)
+        out = score_sources(arrays, state, jnp.asarray(blocks), jnp.asarray(anc))
+        found = collect_moves(cand, srcs, *out, None)
+        if len(found.delta) and found.delta.min() < 0:
+            best = np.lexsort((found.dst, found.src, found.delta))[0]
+            cand, _ = apply_spr(cand, int(found.src[best]), int(found.dst[best]))
+            return cand, used
+    return None
+
+
 def spr_search(
     parents: np.ndarray,
     leaf_sets: np.ndarray,
@@ -103,6 +152,8 @@ def spr_search(
     plateau_moves: int = 8,
     seed: int = 0,
     batch: int = 64,
+    escape_tries: int = 100,
+    escape_sources: int = 16,
     on_round=None,
 ) -> SearchResult:
     """Hill-climb with SPR moves until no move within the largest radius improves.
@@ -113,6 +164,10 @@ def spr_search(
         schedule: radii tried in turn; a radius is kept while it improves (``None``: all moves).
         plateau_rounds: at a local optimum, up to this many rounds that apply
             ``plateau_moves`` random delta-0 moves before climbing again; the best tree is kept.
+        escape_tries: at a local optimum (after any plateau rounds), try up to this many
+            topology-changing delta-0 moves, in an order drawn from ``seed``: apply one, score
+            the ``escape_sources`` sources nearest to it exactly on the new tree, and if one of
+            them now improves, apply its best move (length strictly drops) and climb again.
         on_round: optional callback ``(round, radius, length)``.
     """
     rng = np.random.default_rng(seed)
@@ -157,6 +212,24 @@ def spr_search(
                 current, _ = apply_spr(current, src, dst)
             arrays = arrays_of(current)
             continue
+        if not chosen and escape_tries > 0 and stage == len(schedule) - 1:
+            escaped = _escape(current, moves, rng, escape_tries, escape_sources, arrays_of,
+                              informative, path)
+            if escaped is not None:
+                current, tries = escaped
+                escape_tries -= tries
+                arrays = arrays_of(current)
+                new_length = length_of(arrays)
+                if new_length >= lengths[-1]:  # cannot happen: the escape move's delta is exact
+                    raise AssertionError("escape move did not improve")
+                if new_length < best_length:
+                    best_length, best_parents = new_length, current
+                lengths.append(new_length)
+                radii.append(-1 if radius is None else int(radius))
+                if on_round is not None:
+                    on_round(len(radii), radius, new_length)
+                continue
+            escape_tries = 0
         if not chosen:
             stage += 1
             continue
