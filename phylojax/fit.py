@@ -42,7 +42,7 @@ from .errors import InputError
 from .likelihood import Problem, branch_derivatives, log_likelihood, prepare
 from .models.nucleotide import ReversibleModel
 from .models.rates import RateModel
-from .models.spec import ModelSpec, build_model, empirical_frequencies
+from .models.spec import DEFAULTS, ModelSpec, build_model, empirical_frequencies
 from .tree import Tree
 
 MIN_BRANCH_LENGTH = 1e-8
@@ -75,14 +75,18 @@ class ParameterLayout:
 
 def _spec_key(spec: ModelSpec) -> tuple:
     """The model structure (what the compiled likelihood depends on), not its fixed values."""
-    mode = "equal" if spec.frequency_mode == "equal" else spec.frequency_mode if spec.is_codon else "x"
+    mode = (
+        "equal" if spec.frequency_mode == "equal" else spec.frequency_mode if spec.is_codon else "x"
+    )
     return (spec.name, mode, spec.category_count, spec.median, spec.invariant)
 
 
 def _structural_spec(spec: ModelSpec) -> ModelSpec:
     params = {k: None for k in spec.parameters}
     mode = spec.frequency_mode if spec.frequency_mode == "equal" or spec.is_codon else "estimate"
-    return dataclasses.replace(spec, parameters=params, frequency_mode=mode, text=str(_spec_key(spec)))
+    return dataclasses.replace(
+        spec, parameters=params, frequency_mode=mode, text=str(_spec_key(spec))
+    )
 
 
 def model_parameters(spec: ModelSpec) -> list[str]:
@@ -168,8 +172,6 @@ def _initial_vector(
     layout: ParameterLayout, spec: ModelSpec, data_frequencies, free: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unconstrained starting point ``[layout.size]`` and the mask of free entries."""
-    from .models.spec import DEFAULTS
-
     parts, mask = [], []
     for name, size in zip(layout.names, layout.sizes):
         fixed = spec.parameters.get(name)
@@ -199,7 +201,8 @@ class FitProblem(eqx.Module):
         free_branches: ``bool[node]`` branches that are estimated (not the root, not the zero-length
             branches that resolve multifurcations).
         free_parameters: ``bool[layout.size]`` entries of the model vector that are estimated.
-        data_frequencies: ``[state]`` empirical frequencies (used where frequencies are not free).
+        data_frequencies: ``[state]`` empirical frequencies (used where frequencies are not free);
+            for codon models the MG94 position rate frequencies ``[3, 4]``.
         model_builder: ``(layout, values, data_frequencies) -> (model, rates)`` (static).
     """
 
@@ -211,7 +214,9 @@ class FitProblem(eqx.Module):
     model_builder: Callable = eqx.field(static=True)
 
     def model(self, x) -> tuple[ReversibleModel, RateModel]:
-        return self.model_builder(self.layout, unpack_parameters(self.layout, x), self.data_frequencies)
+        return self.model_builder(
+            self.layout, unpack_parameters(self.layout, x), self.data_frequencies
+        )
 
     def log_likelihood(self, branch_lengths, x):
         model, rates = self.model(x)
@@ -236,31 +241,20 @@ def _builder_for(spec: ModelSpec, problem: Problem, code) -> Callable:
     if not spec.is_codon:
         builder = _nucleotide_builder(_structural_spec(spec))
     else:
-        builder = _codon_builder(spec, problem, code)
+        builder = _codon_builder(_structural_spec(spec))
     _BUILDERS[key] = builder
     return builder
 
 
-def _codon_builder(spec: ModelSpec, problem: Problem, code):
-    try:
-        from .models import codon
-    except ImportError as err:  # pragma: no cover - codon models are written alongside
-        raise InputError("codon models are not available in this build") from err
-    if not hasattr(codon, "model_from_spec"):
-        raise InputError("fitting codon models needs phylojax.models.codon.model_from_spec")
-    # The codon frequencies (F1X4/F3X4/CF3X4) are fixed from the data; only kappa/rates/omega vary.
-    base_model, _ = codon.model_from_spec(spec, problem, code=code)
-    freqs = base_model.frequencies
+def _codon_builder(spec: ModelSpec):
+    """MG94 builder; ``data_frequencies`` holds the position rate frequencies ``g [3, 4]`` (fixed
+    from the data by the F1X4/F3X4/CF3X4 estimator), so one builder serves every alignment."""
+    from .models import codon
+    from .models.rates import rate_model
 
     def build(layout, values, data_frequencies):
-        from .models.rates import rate_model
-        from .models.spec import DEFAULTS
-
         def get(name):
-            if name in values:
-                return values[name]
-            fixed = spec.parameters.get(name)
-            return jnp.asarray(DEFAULTS[name] if fixed is None else fixed, dtype=float)
+            return values[name] if name in values else jnp.asarray(DEFAULTS[name], dtype=float)
 
         omega = get("omega")
         if spec.name == "MGK":
@@ -269,9 +263,7 @@ def _codon_builder(spec: ModelSpec, problem: Problem, code):
             theta = jnp.stack([one, k, one, one, k, one])
         else:
             theta = jnp.concatenate([jnp.atleast_1d(get("rates")), jnp.ones(1)])
-        g = _codon_rate_frequencies(codon, base_model, code)
-        r_s, r_n, _ = codon.mg94_parts(theta, g, code)
-        model = ReversibleModel(r_s + omega * r_n, freqs)
+        model = codon.mg94(theta, omega, data_frequencies, layout.codon_code)
         alpha = get("alpha") if spec.category_count > 1 else None
         pinv = get("pinv") if spec.invariant else 0.0
         return model, rate_model(alpha, spec.category_count, pinv, median=spec.median)
@@ -279,23 +271,13 @@ def _codon_builder(spec: ModelSpec, problem: Problem, code):
     return build
 
 
-def _codon_rate_frequencies(codon, base_model, code):
-    """Position-specific MG94 rate frequencies ``g [3, 4]`` that reproduce ``base_model``'s π."""
-    idx = np.asarray(__import__("phylojax.alphabets", fromlist=["x"]).codon_index_arrays(code))
-    pi = np.asarray(base_model.frequencies)
-    g = np.stack([np.bincount(idx[:, k], weights=pi, minlength=4) for k in range(3)])
-    # pi_c ∝ prod_k g_k(c_k) holds for every MG94 estimator; refine g by fixed-point iteration.
-    for _ in range(200):
-        implied = np.prod(g[np.arange(3)[None, :], idx], axis=1)
-        implied /= implied.sum()
-        ratio = np.stack(
-            [np.bincount(idx[:, k], weights=pi, minlength=4)
-             / np.maximum(np.bincount(idx[:, k], weights=implied, minlength=4), 1e-300)
-             for k in range(3)]
-        )  # fmt: skip
-        g = g * ratio
-        g /= g.sum(axis=1, keepdims=True)
-    return jnp.asarray(g)
+def _codon_rate_frequencies(spec: ModelSpec, problem: Problem, code) -> np.ndarray:
+    from .alphabets import nucleotide_partials
+    from .models import codon
+
+    estimator = spec.frequency_mode if spec.frequency_mode.upper() in codon.ESTIMATORS else "F3X4"
+    counts = codon.position_counts(nucleotide_partials(problem.alignment))
+    return np.asarray(codon.codon_frequencies(counts, estimator, code)[1])
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -332,7 +314,7 @@ def _all_branch_derivatives(problem: FitProblem, lengths, x):
     return lnl[0], d1, d2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lbfgs_transform(memory_size: int):
     """Jitted ``optax.scale_by_lbfgs`` (eagerly, its internal scan recompiles on every call)."""
     transform = optax.scale_by_lbfgs(memory_size=memory_size)
@@ -560,18 +542,20 @@ def prepare_fit(
     lengths = np.where(np.isfinite(topo.tree.branch_lengths) & free,
                        np.clip(problem.branch_lengths, 1e-4, MAX_BRANCH_LENGTH), lengths)  # fmt: skip
     if spec.is_codon:
-        data_freqs = np.zeros(problem.data.tip_partials.shape[1])
+        data_freqs = _codon_rate_frequencies(spec, problem, code)
     else:
         data_freqs = empirical_frequencies(problem.patterns.data, problem.patterns.weights)
     layout = make_layout(spec, frequencies=frequencies, code=code if spec.is_codon else None)
     builder = _builder_for(spec, problem, code)
-    if spec.is_codon:
-        data_freqs = np.asarray(builder(layout, {}, None)[0].frequencies)
     x0, free_x = _initial_vector(
         layout, spec, data_freqs, free_parameters(spec, frequencies=frequencies)
     )
     fit_problem = FitProblem(
-        problem.data, jnp.asarray(free), jnp.asarray(free_x), jnp.asarray(data_freqs), layout,
+        problem.data,
+        jnp.asarray(free),
+        jnp.asarray(free_x),
+        jnp.asarray(data_freqs),
+        layout,
         builder,
     )
     return fit_problem, lengths, x0, problem, unrooted
@@ -621,7 +605,9 @@ def fit(
             lengths, new_lnl, n = newton_sweeps(fp, lengths, x, tol=tol)
             iterations += n
             if np.any(np.asarray(fp.free_parameters)):
-                lengths, x, new_lnl, n = lbfgs(fp, lengths, x, branches=False, max_steps=30, tol=tol)
+                lengths, x, new_lnl, n = lbfgs(
+                    fp, lengths, x, branches=False, max_steps=30, tol=tol
+                )
                 iterations += n
             if callback is not None:
                 callback(iterations, new_lnl)

@@ -40,17 +40,23 @@ def pad_patterns(data: PhyloData, multiple: int) -> PhyloData:
     if not extra:
         return data
     tips = jnp.concatenate(
-        [data.tip_partials, jnp.ones(data.tip_partials.shape[:2] + (extra,), data.tip_partials.dtype)],
+        [
+            data.tip_partials,
+            jnp.ones(data.tip_partials.shape[:2] + (extra,), data.tip_partials.dtype),
+        ],
         axis=-1,
     )
     weights = jnp.concatenate([data.pattern_weights, jnp.zeros(extra, data.pattern_weights.dtype)])
     inv = jnp.concatenate(
-        [data.invariant_states, jnp.ones((data.invariant_states.shape[0], extra), tips.dtype)], axis=-1
+        [data.invariant_states, jnp.ones((data.invariant_states.shape[0], extra), tips.dtype)],
+        axis=-1,
     )
     return PhyloData(tips, weights, data.operations, inv)
 
 
-def shard_data(data: PhyloData, mesh: Mesh | None = None, axis_name: str = PATTERN_AXIS) -> PhyloData:
+def shard_data(
+    data: PhyloData, mesh: Mesh | None = None, axis_name: str = PATTERN_AXIS
+) -> PhyloData:
     """Pad and place ``data`` with its pattern axis split over ``mesh`` (operations replicated).
 
     The result is an ordinary :class:`PhyloData`: pass it to ``jax.jit(log_likelihood)``,

@@ -35,7 +35,7 @@ def _simulate(key, parents, branch_lengths, model, rates, site_count):
     probs = transition_probs(eig, times)  # node, category, state, state
     states = jnp.zeros((node_count, site_count), jnp.int32)
     root_states = jax.random.choice(k_root, freqs.shape[0], (site_count,), p=freqs)
-    states = states.at[node_count - 1].set(root_states)
+    states = states.at[node_count - 1].set(root_states.astype(jnp.int32))
 
     def step(states, v):
         parent_states = states[parents[v]]
@@ -54,12 +54,12 @@ def _simulate(key, parents, branch_lengths, model, rates, site_count):
 def simulate_states(key, parents, branch_lengths, model, rates, site_count: int):
     """``int[node, site]`` states of every node; leaves are rows ``0..taxon_count-1``.
 
-Args:
-    key: ``jax.random`` key.
-    parents: ``int[node]`` parent of each node (root last, ``-1``), parents after children.
-    branch_lengths: ``[node]`` expected substitutions per site (per codon for codon models).
-    model, rates: the substitution model and the +G/+I rate model.
-    site_count: number of sites (static).
+    Args:
+        key: ``jax.random`` key.
+        parents: ``int[node]`` parent of each node (root last, ``-1``), parents after children.
+        branch_lengths: ``[node]`` expected substitutions per site (per codon for codon models).
+        model, rates: the substitution model and the +G/+I rate model.
+        site_count: number of sites (static).
     """
     return _simulate(key, parents, branch_lengths, model, rates, site_count)
 
