@@ -128,6 +128,13 @@ def main() -> None:
         f" (all: {', '.join(f'{x:.2f}' for x in times)}); improving {int((moves.delta < 0).sum())},"
         f" best delta {int(moves.delta.min())}"
     )
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        spr.score_all_moves(t.parents, s, arrays, radius=64, words=None)
+        times.append(time.perf_counter() - start)
+    print(f"spr radius<=64, preorder on every word (words=None): best of 3 {min(times):.2f} s"
+          f" (all: {', '.join(f'{x:.2f}' for x in times)})")
     if not args.skip_search:
         run_search(t, s, args, to_check)
     if use_dnapars:

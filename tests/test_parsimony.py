@@ -202,6 +202,9 @@ def test_incremental_delta_equals_recomputation(case):
     assert int(fitch.parsimony_length(jnp.asarray(sets), arrays)) == before
     moves = spr.score_all_moves(parents, sets, arrays, batch=16)
     assert len(moves.delta) > 0
+    # The preorder pass restricted to changed words (1 of the 2 words here) gives the same moves.
+    compact = spr.score_all_moves(parents, sets, arrays, batch=16, words=1)
+    assert all(np.array_equal(a, b) for a, b in zip(compact, moves))
     for s, d, delta in zip(moves.src, moves.dst, moves.delta):
         after, _ = spr.apply_spr(parents, s, d)
         assert fitch.sankoff_length_numpy(after, sets) - before == delta, (s, d)

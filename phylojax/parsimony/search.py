@@ -12,7 +12,7 @@ import numpy as np
 
 from ..tree import Tree
 from .fitch import constant_length_sites, parsimony_length, tree_arrays
-from .spr import apply_spr, pad_sites, prepare, score_sources, source_blocks, collect_moves
+from .spr import apply_spr, collect_moves, pad_sites, prepare, score_moves
 
 DEFAULT_SCHEDULE = (2, 4, 8, 16, 32, 64)
 
@@ -132,8 +132,7 @@ def _escape(current, moves, rng, tries, sources, arrays_of, informative, path):
         arrays = arrays_of(cand)
         state = prepare(informative, arrays)
         near = neighbourhood(cand, [src, dst, int(cand[src])], sources)
-        srcs, blocks, anc = source_blocks(cand, arrays, sources, sources=near, path=path)
-        out = score_sources(arrays, state, jnp.asarray(blocks), jnp.asarray(anc))
+        srcs, *out = score_moves(cand, arrays, state, batch=sources, sources=near, path=path)
         found = collect_moves(cand, srcs, *out, None)
         if len(found.delta) and found.delta.min() < 0:
             best = np.lexsort((found.dst, found.src, found.delta))[0]
@@ -201,8 +200,7 @@ def spr_search(
     while stage < len(schedule) and len(radii) < max_rounds:
         radius = schedule[stage]
         state = prepare(informative, arrays)
-        sources, blocks, anc = source_blocks(current, arrays, batch, path=path)
-        out = score_sources(arrays, state, jnp.asarray(blocks), jnp.asarray(anc))
+        sources, *out = score_moves(current, arrays, state, batch=batch, path=path)
         moves = collect_moves(current, sources, *out, radius)
         chosen = select_moves(current, moves)
         if not chosen and plateau_rounds > 0 and stage == len(schedule) - 1:

@@ -20,6 +20,7 @@ so the preorder pass is pure bit logic on packed words (8 sites x 4 bits per ``u
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -124,6 +125,9 @@ class PassState(NamedTuple):
     packed: jax.Array
     ranked: tuple[jax.Array, ...]
     up: jax.Array
+    f0: jax.Array
+    f1: jax.Array
+    edge: jax.Array
 
 
 def pad_sites(leaf_sets: np.ndarray) -> np.ndarray:
@@ -179,16 +183,18 @@ def prepare(leaf_sets: jax.Array, arrays: TreeArrays) -> PassState:
     keep = jnp.zeros(n2, bool).at[root].set(True)
     zeros = jnp.zeros(n2, jnp.int32)
     up, _, _, _ = _preorder(arrays, packed, d0, d1, d2, d0, d1, keep, root, zeros, zeros)
-    return PassState(sets, counts, local, packed, ranked, up)
+    f0, f1 = _ranked_sets_with(d0, d1, d2, up)
+    f0 = f0.at[root].set(d0[root])
+    f1 = f1.at[root].set(d1[root])
+    edge = _intersect_or_union(packed, up)
+    return PassState(sets, counts, local, packed, ranked, up, f0, f1, edge)
 
 
-def _score_src(arrays: TreeArrays, state: PassState, src, ancestors):
-    """Exact delta of moving ``src`` to every node; ``ancestors: int32[path]`` padded with SINK.
-
-    Returns ``(delta, dist, lca, inside)``, each ``[n2]``.
-    """
-    n2 = arrays.parents.shape[0]
-    sink = n2 - 1
+def _path_pass(arrays: TreeArrays, state: PassState, src, ancestors):
+    """Pruned down sets and ranked-with-up sets on the path from ``src`` to the root, the removal
+    cost ``R(src)``, and the words (8 sites each) where anything on the path changed: elsewhere
+    the pruned tree's up sets and edge sets equal the original ones."""
+    sink = arrays.parents.shape[0] - 1
     valid = ancestors != sink
     site_count = state.packed.shape[-1] * SITES_PER_WORD
 
@@ -211,30 +217,67 @@ def _score_src(arrays: TreeArrays, state: PassState, src, ancestors):
         is_root = a == arrays.root
         f0 = jnp.where(is_root, levels[0], f0)
         f1 = jnp.where(is_root, levels[1], f1)
-        return (state.packed[a], levels[0], jnp.asarray(False)), (levels[0], f0, f1, d_r)
+        changed = (levels[0] != state.packed[a]) | (f0 != state.f0[a]) | (f1 != state.f1[a])
+        changed = changed & ok
+        return (state.packed[a], levels[0], jnp.asarray(False)), (levels[0], f0, f1, d_r, changed)
 
     start = (state.packed[src], jnp.zeros_like(state.packed[src]), jnp.asarray(True))
-    _, (path_sets, path_f0, path_f1, d_r) = jax.lax.scan(path_step, start, (ancestors, valid))
-    removal = d_r.sum()
+    _, (path_sets, path_f0, path_f1, d_r, changed) = jax.lax.scan(
+        path_step, start, (ancestors, valid)
+    )
+    return path_sets, path_f0, path_f1, d_r.sum(), changed.any(axis=0)
 
-    f0 = jnp.zeros_like(state.packed).at[ancestors].set(path_f0)
-    f1 = jnp.zeros_like(state.packed).at[ancestors].set(path_f1)
+
+@jax.jit
+def affected_words(arrays: TreeArrays, state: PassState, sources, ancestors):
+    """``int32[batch]``: number of words whose sets change when each source is pruned."""
+    one = lambda s, a: _path_pass(arrays, state, s, a)[4].sum(dtype=jnp.int32)
+    return jax.vmap(one)(sources, ancestors)
+
+
+def _score_src(arrays: TreeArrays, state: PassState, src, ancestors, words=None):
+    """Exact delta of moving ``src`` to every node; ``ancestors: int32[path]`` padded with SINK.
+
+    With ``words = K`` the preorder pass runs only on the first ``K`` changed words (the caller
+    guarantees that at most ``K`` change, see :func:`affected_words`); the other words contribute
+    their terms from the unmodified tree's edge sets.  Returns ``(delta, dist, lca, inside)``,
+    each ``[n2]``.
+    """
+    n2 = arrays.parents.shape[0]
+    sink = n2 - 1
+    valid = ancestors != sink
+    path_sets, path_f0, path_f1, removal, changed = _path_pass(arrays, state, src, ancestors)
+    s_src = state.packed[src]
+    if words is None:
+        idx = jnp.arange(state.packed.shape[-1])
+        s_c = s_src
+        base = 0
+    else:
+        idx = jnp.nonzero(changed, size=words, fill_value=0)[0]
+        used = jnp.arange(words) < changed.sum()
+        # Unused slots get the all-state set: they add nothing to either term below.
+        s_c = jnp.where(used, s_src[idx], jnp.uint32(0xFFFFFFFF))
+        base = _empty_count(s_src & state.edge) - _empty_count(s_c & state.edge[:, idx])
+    cols = lambda x: x[..., idx]
+    f0 = jnp.zeros((n2, idx.shape[0]), jnp.uint32).at[ancestors].set(cols(path_f0))
+    f1 = jnp.zeros((n2, idx.shape[0]), jnp.uint32).at[ancestors].set(cols(path_f1))
     keep = jnp.zeros(n2, bool).at[ancestors].set(valid).at[sink].set(False)
     steps = jnp.arange(1, ancestors.shape[0] + 1, dtype=jnp.int32)
     anc_dist = jnp.zeros(n2, jnp.int32).at[ancestors].set(steps)
     anc_lca = jnp.zeros(n2, jnp.int32).at[ancestors].set(ancestors).at[src].set(src)
+    packed = cols(state.packed)
     up, dist, lca, inside = _preorder(
-        arrays, state.packed, *state.ranked[:3], f0, f1, keep, src, anc_dist, anc_lca
+        arrays, packed, *(cols(r) for r in state.ranked[:3]), f0, f1, keep, src, anc_dist, anc_lca
     )
     kept = keep[:, None]
-    down = jnp.where(kept, state.packed.at[ancestors].set(path_sets), state.packed)
-    edge = _intersect_or_union(down, jnp.where(kept, state.up, up))
-    delta = removal + _empty_count(state.packed[src] & edge)
+    down = jnp.where(kept, packed.at[ancestors].set(cols(path_sets)), packed)
+    edge = _intersect_or_union(down, jnp.where(kept, cols(state.up), up))
+    delta = removal + base + _empty_count(s_c & edge)
     return delta, dist, lca, inside
 
 
-@jax.jit
-def score_sources(arrays: TreeArrays, state: PassState, sources, ancestors):
+@functools.partial(jax.jit, static_argnames="words")
+def score_sources(arrays: TreeArrays, state: PassState, sources, ancestors, words=None):
     """Exact deltas for a block of sources.
 
     Args:
@@ -245,8 +288,9 @@ def score_sources(arrays: TreeArrays, state: PassState, sources, ancestors):
         ``(delta, dist, lca, inside)``, each ``[chunk, batch, n2]``: score change of moving the
         source onto the edge above each node, edges on the path, the lca, and whether the node
         lies in the source's subtree (not a legal destination).
+        words: if given, every source changes at most this many words (:func:`affected_words`).
     """
-    per_batch = jax.vmap(lambda s, a: _score_src(arrays, state, s, a))
+    per_batch = jax.vmap(lambda s, a: _score_src(arrays, state, s, a, words))
     return jax.lax.map(lambda xs: per_batch(*xs), (sources, ancestors))
 
 
@@ -292,6 +336,58 @@ def source_blocks(
     return sources, padded.reshape(n_chunks, batch), anc.reshape(n_chunks, batch, path)
 
 
+COMPACT_WORDS = 8
+
+
+def _round_chunks(count: int, batch: int) -> int:
+    """Chunk count padded to a few distinct values (1, 2, 4, 8, then multiples of 8) so that
+    repeated calls on changing trees reuse the compiled kernels."""
+    chunks = max(-(-count // batch), 1)
+    return 1 << (chunks - 1).bit_length() if chunks <= 8 else -(-chunks // 8) * 8
+
+
+def score_moves(parents, arrays: TreeArrays, state: PassState, *, batch=64, sources=None, path=0,
+                words=COMPACT_WORDS):
+    """Exact deltas of every source's moves on the tree of ``arrays`` (numpy driver).
+
+    Sources whose pruning changes at most ``words`` packed words run the preorder pass on those
+    words only (the rest keep the unmodified tree's terms); the others run it on every word.
+    Returns ``(sources, delta, dist, lca, inside)``, the last four ``[len(sources), n2]``.
+    """
+    parents = np.asarray(parents)
+    if sources is None:
+        sources = np.flatnonzero(parents >= 0)
+    sources = np.asarray(sources, dtype=np.int32)
+    sink = arrays.parents.shape[0] - 1
+    depth = np.asarray(arrays.depth)
+    path = max(path, int(-(-max(int(depth.max()), 1) // 8) * 8))
+    anc = ancestor_table(parents, sources, sink, path)
+    if words is not None and words < state.packed.shape[-1]:
+        padded = _round_chunks(len(sources), batch) * batch
+        src_p = np.resize(sources, padded)
+        anc_p = np.resize(anc, (padded, path))
+        counts = np.asarray(affected_words(arrays, state, jnp.asarray(src_p), jnp.asarray(anc_p)))
+        small = counts[: len(sources)] <= words
+    else:
+        small = np.zeros(len(sources), bool)
+    n2 = arrays.parents.shape[0]
+    out = [np.zeros((len(sources), n2), np.int32) for _ in range(3)] + [np.zeros((len(sources), n2), bool)]
+    for group, w in ((np.flatnonzero(small), words), (np.flatnonzero(~small), None)):
+        if not len(group):
+            continue
+        chunks = _round_chunks(len(group), batch)
+        rows = np.resize(group, chunks * batch)
+        res = score_sources(
+            arrays, state,
+            jnp.asarray(sources[rows].reshape(chunks, batch)),
+            jnp.asarray(anc[rows].reshape(chunks, batch, path)),
+            words=w,
+        )
+        for target, r in zip(out, res):
+            target[group] = np.asarray(r).reshape(chunks * batch, n2)[: len(group)]
+    return (sources, *out)
+
+
 def collect_moves(parents, sources, delta, dist, lca, inside, radius: int | None) -> Moves:
     """Legal moves (``dst`` not in the subtree, not the root, within ``radius``) in row order."""
     parents = np.asarray(parents)
@@ -314,7 +410,8 @@ def collect_moves(parents, sources, delta, dist, lca, inside, radius: int | None
     )
 
 
-def score_all_moves(parents, leaf_sets, arrays: TreeArrays, *, radius=None, batch=64, sources=None):
+def score_all_moves(parents, leaf_sets, arrays: TreeArrays, *, radius=None, batch=64, sources=None,
+                    words=COMPACT_WORDS):
     """Exact delta of every SPR move within ``radius`` (all moves if ``None``).
 
     ``parents``: numpy parent array of the tree that ``arrays`` describes (``-2`` unused slots);
@@ -326,8 +423,7 @@ def score_all_moves(parents, leaf_sets, arrays: TreeArrays, *, radius=None, batc
     mask, _ = constant_length_sites(leaf_sets)
     informative = pad_sites(leaf_sets[:, ~mask])
     state = prepare(jnp.asarray(informative), arrays)
-    sources, blocks, anc = source_blocks(parents, arrays, batch, sources)
-    out = score_sources(arrays, state, jnp.asarray(blocks), jnp.asarray(anc))
+    sources, *out = score_moves(parents, arrays, state, batch=batch, sources=sources, words=words)
     return collect_moves(parents, sources, *out, radius)
 
 
