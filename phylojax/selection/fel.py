@@ -209,7 +209,7 @@ def fel(
     parts, nuc_pi, counts = prepare_partitions(aln, tree_path, code=code, branches=branches)
     _, g = codon_frequencies(counts, "CF3X4", code)
     with stage("Global fits (GTR, MG94xREV)"):
-        gfit = fit_global([p.data for p in parts], nuc_pi, g)
+        gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code)
     timers["Model fitting"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -1,64 +1,72 @@
 """FEL's global fits (DESIGN.md §3 steps 2–4): nucleotide GTR, proportional MG94×REV, full MG94×REV.
 
 Every partition has its own tree and branch parameters; nucleotide rates, frequencies and ω are
-shared (HyPhy's FEL). Parameters are bounded to ``[0, 10000]``: they are optimised as logarithms
-(L-BFGS, :func:`optax.lbfgs` with its zoom line search), so a branch that wants length 0 goes to
-``exp(-30)`` whose effect on lnL is below 1e-10.
+shared (HyPhy's FEL). Parameters are bounded to ``[0, 10000]`` and optimised directly by L-BFGS-B (scipy) on exact
+gradients (the likelihood engine's O(n) custom-VJP reverse pass); each objective is one module-level
+jitted ``value_and_grad``, compiled once per data shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ..likelihood.api import PhyloData, log_likelihood
 from ..models.codon import expected_rate, mg94_parts
 from ..models.nucleotide import ReversibleModel, gtr
 from ..models.rates import rate_model
 
-LOG_MIN, LOG_MAX = -30.0, float(np.log(10000.0))
+UPPER = 10000.0  # HyPhy's bound on every parameter
+# Branch lengths are optimised in [T_MIN, UPPER] (a branch at exactly 0 between different tips
+# gives lnL = -inf, which derails the line search) and snapped to 0 afterwards when that does not
+# lower lnL; T_MIN changes lnL by < 1e-7.
+T_MIN = 1e-9
 
 
-def maximise(objective, params, max_steps: int = 2000, tol: float = 1e-7):
-    """Maximise ``objective(params)`` (a pytree of log-parameters) with L-BFGS; returns
-    ``(params, value, steps)``. Parameters are clipped to ``[LOG_MIN, LOG_MAX]``."""
+def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000):
+    """Maximise with L-BFGS-B (scipy) in the raw bounded parameters; ``value_and_grad(x)`` is a
+    jitted function returning ``(f, df/dx)`` as JAX arrays. Returns ``(x, f, evaluations)``.
 
-    def loss(p):
-        p = jax.tree.map(lambda x: jnp.clip(x, LOG_MIN, LOG_MAX), p)
-        return -objective(p)
+    Bounds are handled by L-BFGS-B's active set, so a branch that wants length 0 sits exactly at
+    0 (a log parametrisation crawls there because its gradient vanishes).
+    """
+    from scipy.optimize import minimize
 
-    opt = optax.lbfgs(memory_size=20)
-    value_and_grad = optax.value_and_grad_from_state(loss)
+    count = [0]
+    bounds = list(zip(np.asarray(lower, float), np.asarray(upper, float)))
+    x = np.clip(np.asarray(x0, float), lower, upper)
+    f0 = float(value_and_grad(jnp.asarray(x))[0])
+    # L-BFGS-B's first step with bounds is the raw gradient: scale the objective by 1/|lnL| so
+    # that step moves parameters by O(0.1), not O(100) (which overshoots to lnL = -inf).
+    scale = 1.0 / max(abs(f0), 1.0) if np.isfinite(f0) else 1.0
 
-    def step(carry):
-        p, state, _, _, k = carry
-        value, grad = value_and_grad(p, state=state)
-        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-        new = optax.apply_updates(p, updates)
-        # projected gradient norm: ignore components pushing against the bounds
-        flat_p = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(p)])
-        flat_g = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(grad)])
-        blocked = ((flat_p <= LOG_MIN) & (flat_g > 0)) | ((flat_p >= LOG_MAX) & (flat_g < 0))
-        gnorm = jnp.max(jnp.abs(jnp.where(blocked, 0.0, flat_g)))
-        new = jax.tree.map(lambda x: jnp.clip(x, LOG_MIN - 1.0, LOG_MAX + 1.0), new)
-        return new, state, value, gnorm, k + 1
+    def neg(x):
+        count[0] += 1
+        f, g = value_and_grad(jnp.asarray(x.copy()))
+        f, g = float(f), np.asarray(g, dtype=np.float64)
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            return 1e30, np.zeros_like(g)
+        return -f * scale, -g * scale
 
-    def cond(carry):
-        *_, value, gnorm, k = carry
-        return (k < max_steps) & (gnorm > tol)
-
-    @jax.jit
-    def run(p):
-        state = opt.init(p)
-        return jax.lax.while_loop(cond, step, (p, state, jnp.inf, jnp.inf, 0))
-
-    p, _, _, _, k = run(params)
-    p = jax.tree.map(lambda x: jnp.clip(x, LOG_MIN, LOG_MAX), p)
-    return p, float(objective(p)), int(k)
+    best_x, best_f = x, f0
+    for _ in range(3):  # L-BFGS-B may stop early on an inexact line search: restart
+        res = minimize(neg, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": max_steps, "maxcor": 20, "ftol": 1e-15,
+                                "gtol": 1e-7 * scale})  # fmt: skip
+        f = -res.fun / scale
+        if f > best_f:
+            gain = f - best_f
+            best_x, best_f = res.x, f
+            x = res.x
+            if gain < 1e-6:
+                break
+        else:
+            break
+    return best_x, best_f, count[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,121 +113,175 @@ class GlobalFit:
 
     def mg94_lengths(self, partition: int) -> np.ndarray:
         """Reported MG94 branch lengths ``L_b = t_b sum_i pi_i sum_{j != i} Q_ij / 3``."""
-        r_s, r_n, pi = mg94_parts(self.theta, self.position_frequencies)
+        r_s, r_n, pi = mg94_parts(self.theta, self.position_frequencies, self.code)
         rate_t = float(expected_rate(r_s + self.omega[0] * r_n, pi))
         rate_b = float(expected_rate(r_s + self.omega[1] * r_n, pi))
         return self.times[partition] * np.where(self._background[partition], rate_b, rate_t) / 3.0
 
     _background: list = dataclasses.field(default_factory=list, repr=False)
+    code: int | str = 1
 
 
-def _theta6(log_theta5):
+def _theta6(theta5):
     """AC, AT, CG, CT, GT free; AG = 1 (HyPhy's constraint)."""
-    t = jnp.exp(log_theta5)
+    t = jnp.asarray(theta5)
     return jnp.stack([t[0], jnp.ones((), t.dtype), t[1], t[2], t[3], t[4]])
 
 
-def _lengths(log_t, free):
-    # exp(LOG_MIN) stands for a branch at its lower bound: report and use exactly 0
-    t = jnp.exp(log_t)
-    return jnp.where(jnp.asarray(free) & (log_t > LOG_MIN + 1e-6), t, 0.0)
+def _split(x, sizes):
+    out, k = [], 0
+    for n in sizes:
+        out.append(x[k : k + n])
+        k += n
+    return out
+
+
+# Module-level jitted objectives: compiled once per data shape and reused by later calls
+# (a warm second analysis compiles nothing). Data enter as arguments, never as closures.
+@jax.jit
+def _gtr_value_and_grad(x, nucleotide, free, nuc_pi):
+    def f(x):
+        model = gtr(_theta6(x[:5]), nuc_pi)
+        parts = _split(x[5:], [fr.shape[0] for fr in free])
+        return sum(log_likelihood(d, jnp.where(fr, t, 0.0), model, rate_model())
+                   for d, fr, t in zip(nucleotide, free, parts))  # fmt: skip
+
+    return jax.value_and_grad(f)(x)
+
+
+def _codon_loglik(theta6, omega, times_list, codon, background, g, code, two_class):
+    r_s, r_n, pi = mg94_parts(theta6, g, code)
+    test = ReversibleModel(r_s + omega[0] * r_n, pi, normalise=False)
+    bg = ReversibleModel(r_s + omega[1] * r_n, pi, normalise=False)
+    total = 0.0
+    for d, b, times in zip(codon, background, times_list):
+        if two_class:  # background branches have their own omega
+            total = total + _two_class_loglik(d, b, times, test, bg)
+        else:
+            total = total + log_likelihood(d, times, test, rate_model())
+    return total
+
+
+@functools.partial(jax.jit, static_argnames=("code", "two_class"))
+def _prop_value_and_grad(x, gtr_rates, gtr_lengths, codon, background, g, code, two_class):
+    def f(x):
+        omega = x[1:3] if two_class else jnp.stack([x[1], x[1]])
+        return _codon_loglik(gtr_rates, omega, [x[0] * bl for bl in gtr_lengths], codon,
+                             background, g, code, two_class)  # fmt: skip
+
+    return jax.value_and_grad(f)(x)
+
+
+@functools.partial(jax.jit, static_argnames=("code", "two_class"))
+def _full_value_and_grad(x, free, codon, background, g, code, two_class):
+    def f(x):
+        k = 7 if two_class else 6
+        omega = x[5:7] if two_class else jnp.stack([x[5], x[5]])
+        parts = _split(x[k:], [fr.shape[0] for fr in free])
+        times = [jnp.where(fr, t, 0.0) for fr, t in zip(free, parts)]
+        return _codon_loglik(_theta6(x[:5]), omega, times, codon, background, g, code, two_class)
+
+    return jax.value_and_grad(f)(x)
 
 
 def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_frequencies,
-               max_steps: int = 3000) -> GlobalFit:  # fmt: skip
-    """Run DESIGN.md §3 steps 2–4 on all partitions jointly."""
-    rates1 = rate_model()
+               max_steps: int = 3000, code=1) -> GlobalFit:  # fmt: skip
+    """Run DESIGN.md §3 steps 2–4 on all partitions jointly (L-BFGS-B on exact gradients from the
+    likelihood engine's O(n) reverse pass)."""
     nuc_pi = jnp.asarray(nucleotide_frequencies)
+    free = [jnp.asarray(part.free) for part in parts]
+    free_np = [np.asarray(part.free) for part in parts]
+    nucleotide = [part.nucleotide for part in parts]
+    codon = [part.codon for part in parts]
+    background = [jnp.asarray(part.background) for part in parts]
+    g = jnp.asarray(position_frequencies)
+    two_class = bool(any(np.any(part.background & part.free) for part in parts))
+
+    def branch_bounds(upper=UPPER):
+        return np.concatenate([np.where(fr, upper, 0.0) for fr in free_np])
+
+    def branch_lower():
+        return np.concatenate([np.where(fr, T_MIN, 0.0) for fr in free_np])
+
+    def snap(value_and_grad, x, f, k):
+        """Branches at the lower bound -> exactly 0 (as HyPhy reports) unless lnL drops."""
+        at = np.zeros_like(x, bool)
+        at[k:] = (x[k:] <= T_MIN * 1.0001) & (x[k:] > 0)
+        if not at.any():
+            return x, f
+        y = np.where(at, 0.0, x)
+        fy = float(value_and_grad(jnp.asarray(y))[0])
+        return (y, fy) if np.isfinite(fy) and fy >= f - 1e-9 else (x, f)
 
     # Step 2: nucleotide GTR.
-    def gtr_objective(p):
-        model = gtr(_theta6(p["theta"]), nuc_pi)
-        return sum(
-            log_likelihood(part.nucleotide, _lengths(lt, part.free), model, rates1)
-            for part, lt in zip(parts, p["t"])
-        )
+    x0 = np.concatenate([np.ones(5)] + [np.where(fr, np.clip(part.initial_lengths, 1e-3, 1.0), 0.0)
+                                        for part, fr in zip(parts, free_np)])  # fmt: skip
+    lower = np.concatenate([np.zeros(5), branch_lower()])
+    upper = np.concatenate([np.full(5, UPPER), branch_bounds()])
 
-    start = {
-        "theta": jnp.zeros(5),
-        "t": [jnp.log(jnp.clip(jnp.asarray(part.initial_lengths), 1e-3, 1.0)) for part in parts],
-    }
-    p_gtr, gtr_ll, gtr_steps = maximise(gtr_objective, start, max_steps)
-    gtr_rates = np.asarray(_theta6(p_gtr["theta"]))
-    gtr_lengths = [np.asarray(_lengths(lt, part.free)) for part, lt in zip(parts, p_gtr["t"])]
+    def gtr_vg(x):
+        return _gtr_value_and_grad(x, nucleotide, free, nuc_pi)
 
-    g = jnp.asarray(position_frequencies)
-    any_background = any(np.any(part.background & part.free) for part in parts)
-
-    def codon_ll(theta6, omega, times_list):
-        r_s, r_n, pi = mg94_parts(theta6, g)
-        test = ReversibleModel(r_s + omega[0] * r_n, pi, normalise=False)
-        total = 0.0
-        for part, times in zip(parts, times_list):
-            if any_background:
-                # background branches have their own omega: evaluate with per-branch matrices
-                bg = ReversibleModel(r_s + omega[1] * r_n, pi, normalise=False)
-                total = total + _two_class_loglik(part, times, test, bg)
-            else:
-                total = total + log_likelihood(part.codon, times, test, rates1)
-        return total
-
-    def omegas(log_omega):
-        w = jnp.exp(log_omega)
-        return w if any_background else jnp.stack([w[0], w[0]])
+    x, gtr_ll, gtr_steps = maximise(gtr_vg, x0, lower, upper, max_steps)
+    x, gtr_ll = snap(gtr_vg, x, gtr_ll, 5)
+    gtr_rates = np.asarray(_theta6(x[:5]))
+    gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
     # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values.
-    def prop_objective(p):
-        return codon_ll(
-            jnp.asarray(gtr_rates), omegas(p["omega"]),
-            [jnp.exp(p["scale"]) * jnp.asarray(bl) for bl in gtr_lengths],
-        )  # fmt: skip
+    n_omega = 2 if two_class else 1
+    gl = [jnp.asarray(bl) for bl in gtr_lengths]
+    x0 = np.ones(1 + n_omega)
+    x, prop_ll, prop_steps = maximise(
+        lambda x: _prop_value_and_grad(x, jnp.asarray(gtr_rates), gl, codon, background, g, code,
+                                       two_class),
+        x0, np.zeros_like(x0), np.full_like(x0, UPPER), max_steps)  # fmt: skip
+    scale, prop_omega = float(x[0]), x[1:]
 
-    p_prop, prop_ll, prop_steps = maximise(
-        prop_objective, {"scale": jnp.zeros(()), "omega": jnp.zeros(2 if any_background else 1)}
-    )
-    scale = float(jnp.exp(p_prop["scale"]))
+    # Step 4: full refit, started from the proportional fit.
+    x0 = np.concatenate([gtr_rates[[0, 2, 3, 4, 5]], prop_omega]
+                        + [scale * bl for bl in gtr_lengths])  # fmt: skip
+    x0 = np.maximum(x0, np.concatenate([np.zeros(5 + n_omega), branch_lower()]))
+    lower = np.concatenate([np.zeros(5 + n_omega), branch_lower()])
+    upper = np.concatenate([np.full(5 + n_omega, UPPER), branch_bounds()])
 
-    # Step 4: full refit.
-    def full_objective(p):
-        return codon_ll(
-            _theta6(p["theta"]), omegas(p["omega"]),
-            [_lengths(lt, part.free) for part, lt in zip(parts, p["t"])],
-        )  # fmt: skip
+    def full_vg(x):
+        return _full_value_and_grad(x, free, codon, background, g, code, two_class)
 
-    start = {
-        "theta": jnp.log(jnp.asarray(gtr_rates)[jnp.array([0, 2, 3, 4, 5])]),
-        "omega": p_prop["omega"],
-        "t": [jnp.log(jnp.clip(scale * jnp.asarray(bl), 1e-12, None)) for bl in gtr_lengths],
-    }
-    p_full, full_ll, full_steps = maximise(full_objective, start, max_steps)
-    theta = np.asarray(_theta6(p_full["theta"]))
-    _, _, pi = mg94_parts(theta, g)
+    x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps)
+    x, full_ll = snap(full_vg, x, full_ll, 5 + n_omega)
+    theta = np.asarray(_theta6(x[:5]))
+    omega = x[5 : 5 + n_omega]
+    omega = np.asarray(omega if two_class else [omega[0], omega[0]])
+    times = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5 + n_omega :], [len(f) for f in free_np]))]
+    _, _, pi = mg94_parts(theta, g, code)
     return GlobalFit(
         gtr_rates=gtr_rates,
         nucleotide_frequencies=np.asarray(nuc_pi),
         gtr_lengths=gtr_lengths,
         gtr_loglik=gtr_ll,
         theta=theta,
-        omega=np.asarray(omegas(p_full["omega"])),
-        times=[np.asarray(_lengths(lt, part.free)) for part, lt in zip(parts, p_full["t"])],
+        omega=omega,
+        times=times,
         codon_frequencies=np.asarray(pi),
         position_frequencies=np.asarray(g),
         loglik=full_ll,
         proportional_loglik=prop_ll,
-        proportional_omega=np.asarray(omegas(p_prop["omega"])),
+        proportional_omega=np.asarray(prop_omega if two_class else [prop_omega[0]] * 2),
         steps={"GTR": gtr_steps, "MG94 proportional": prop_steps, "MG94 full": full_steps},
         _background=[part.background for part in parts],
+        code=code,
     )
 
 
-def _two_class_loglik(part: PartitionData, times, test: ReversibleModel, background: ReversibleModel):
+def _two_class_loglik(codon: PhyloData, background_mask, times, test: ReversibleModel,
+                      background: ReversibleModel):
     """lnL with test-branch and background-branch matrices (one eigensystem each)."""
     from ..likelihood.pruning import mixture_log_likelihoods
     from ..models.eigen import transition_probs
 
     p_t = transition_probs(test.eigensystem(), times)
     p_b = transition_probs(background.eigensystem(), times)
-    p = jnp.where(jnp.asarray(part.background)[:, None, None], p_b, p_t)[:, None]
+    p = jnp.where(jnp.asarray(background_mask)[:, None, None], p_b, p_t)[:, None]
     root = test.frequencies[None, :]
-    site = mixture_log_likelihoods(part.codon.tip_partials, p, root, part.codon.operations)
-    return part.codon.pattern_weights @ site
+    site = mixture_log_likelihoods(codon.tip_partials, p, root, codon.operations)
+    return codon.pattern_weights @ site
