@@ -91,6 +91,8 @@ def preorder(
     inner,
     scalers,
     pattern_coefficients,
+    *,
+    with_edges: bool = True,
 ):
     """Outside partials and the derivative of ``sum_p c_p log L_p`` w.r.t. every ``P``.
 
@@ -98,37 +100,36 @@ def preorder(
     root_weights``), ``L_p = sum_kxy B_u P_u D_u`` on every branch, so
     ``d log L_p / d P_u[k, x, y] = B_u[k, x, p] D_u[k, y, p] / L_p``.
 
+    Both children of an operation are written with one two-row scatter per buffer, and tips
+    write into a spare row: two separate in-place updates (or re-reading the slot about to be
+    overwritten) made XLA copy the whole outside buffer at every step, O(n^2) in total
+    (measured in benchmarks/profile_pruning.py).
+
     Args:
         pattern_coefficients: ``[pattern]`` cotangent ``c_p`` of each pattern's log-likelihood.
+        with_edges: also return per-branch edge log-likelihoods (static).
 
     Returns:
         outside: ``[op, category, state, pattern]`` scaled ``A`` of every internal node,
         outside_scalers: ``[op, pattern]``,
         d_transition_probs: ``[node, category, state, state]``,
         edge_log_likelihoods: ``[node, pattern]`` log L_p with the virtual root on the branch above
-            each node (equal for every branch of a reversible model: the pulley principle).
+            each node (equal for every branch of a reversible model: the pulley principle), or
+            ``None`` without ``with_edges``.
     """
     leaf_count = tips.shape[0]
     node_count = transition_probs.shape[0]
     log_l = _root_log_likelihoods(inner, scalers, root_weights)
-    outside = jnp.zeros_like(inner)
-    outside = outside.at[-1].set(jnp.broadcast_to(root_weights[:, :, None], inner.shape[1:]))
-    outside_scalers = jnp.zeros_like(scalers)
-    grads = jnp.zeros_like(transition_probs)
-    edges = jnp.zeros((node_count, inner.shape[-1]), inner.dtype)
-
-    def child_terms(a_v, s_v, p_child, d_child, s_child, prop_sibling, s_sibling):
-        b = a_v * prop_sibling
-        s_b = s_v + s_sibling
-        prop_child = _propagate(p_child, d_child)
-        edge = jnp.log(jnp.einsum("kxp,kxp->p", b, prop_child)) + s_b + s_child
-        weight = pattern_coefficients * jnp.exp(s_b + s_child - log_l)
-        grad = jnp.einsum("kxp,kyp->kxy", b * weight, d_child)
-        a_child, log_m = _rescale(jnp.einsum("kxy,kxp->kyp", p_child, b))
-        return grad, edge, a_child, s_b + log_m
+    op_count = inner.shape[0]
+    # Row op_count is a spare slot that absorbs the writes for tips (which need no outside partial).
+    outside = jnp.zeros((op_count + 1, *inner.shape[1:]), inner.dtype)
+    outside = outside.at[op_count - 1].set(
+        jnp.broadcast_to(root_weights[:, :, None], inner.shape[1:])
+    )
+    outside_scalers = jnp.zeros((op_count + 1, scalers.shape[-1]), scalers.dtype)
 
     def step(carry, op):
-        outside, outside_scalers, grads, edges = carry
+        outside, outside_scalers = carry
         parent, a, b = op[0], op[1], op[2]
         i = parent - leaf_count
         a_v = lax.dynamic_index_in_dim(outside, i, keepdims=False)
@@ -137,28 +138,43 @@ def preorder(
         db, sb = _fetch(tips, inner, scalers, b, leaf_count)
         pa, pb = transition_probs[a], transition_probs[b]
         prop_a, prop_b = _propagate(pa, da), _propagate(pb, db)
-        for child, p_c, d_c, s_c, prop_sib, s_sib in (
-            (a, pa, da, sa, prop_b, sb),
-            (b, pb, db, sb, prop_a, sa),
+        per_child = []
+        for child, p_c, d_c, s_c, prop_c, prop_sib, s_sib in (
+            (a, pa, da, sa, prop_a, prop_b, sb),
+            (b, pb, db, sb, prop_b, prop_a, sa),
         ):
-            g, e, a_c, s_ac = child_terms(a_v, s_v, p_c, d_c, s_c, prop_sib, s_sib)
-            grads = lax.dynamic_update_index_in_dim(grads, g, child, 0)
-            edges = lax.dynamic_update_index_in_dim(edges, e, child, 0)
-            # Tips have no outside buffer slot; their write goes to the root slot, restored below.
-            j = jnp.where(child < leaf_count, outside.shape[0] - 1, child - leaf_count)
-            keep = child < leaf_count
-            old = lax.dynamic_index_in_dim(outside, j, keepdims=False)
-            old_s = lax.dynamic_index_in_dim(outside_scalers, j, keepdims=False)
-            outside = lax.dynamic_update_index_in_dim(outside, jnp.where(keep, old, a_c), j, 0)
-            outside_scalers = lax.dynamic_update_index_in_dim(
-                outside_scalers, jnp.where(keep, old_s, s_ac), j, 0
+            b_c = a_v * prop_sib
+            s_b = s_v + s_sib
+            weight = pattern_coefficients * jnp.exp(s_b + s_c - log_l)
+            grad = jnp.einsum("kxp,kyp->kxy", b_c * weight, d_c)
+            a_c, log_m = _rescale(jnp.einsum("kxy,kxp->kyp", p_c, b_c))
+            edge = (
+                jnp.log(jnp.einsum("kxp,kxp->p", b_c, prop_c)) + s_b + s_c if with_edges else None
             )
-        return (outside, outside_scalers, grads, edges), None
+            row = jnp.where(child < leaf_count, op_count, child - leaf_count)
+            per_child.append((row, grad, a_c, s_b + log_m, edge))
+        rows = jnp.stack([c[0] for c in per_child])
+        outside = outside.at[rows].set(jnp.stack([c[2] for c in per_child]))
+        outside_scalers = outside_scalers.at[rows].set(jnp.stack([c[3] for c in per_child]))
+        # Per-branch results leave the loop as scan outputs, not carried buffers.
+        out = (jnp.stack([c[1] for c in per_child]),)
+        if with_edges:
+            out = out + (jnp.stack([c[4] for c in per_child]),)
+        return (outside, outside_scalers), out
 
-    (outside, outside_scalers, grads, edges), _ = lax.scan(
-        step, (outside, outside_scalers, grads, edges), operations, reverse=True
+    (outside, outside_scalers), out = lax.scan(
+        step, (outside, outside_scalers), operations, reverse=True
     )
-    return outside, outside_scalers, grads, edges
+    children = operations[:, 1:].reshape(-1)
+    grads = jnp.zeros_like(transition_probs).at[children].set(
+        out[0].reshape(-1, *transition_probs.shape[1:])
+    )
+    edges = None
+    if with_edges:
+        edges = jnp.zeros((node_count, inner.shape[-1]), inner.dtype).at[children].set(
+            out[1].reshape(-1, inner.shape[-1])
+        )
+    return outside[:-1], outside_scalers[:-1], grads, edges
 
 
 @jax.custom_vjp
@@ -186,7 +202,8 @@ def _mixture_fwd(tips, transition_probs, root_weights, operations):
 def _mixture_bwd(residuals, cotangent):
     tips, transition_probs, root_weights, operations, inner, scalers, log_l = residuals
     _, _, d_p, _ = preorder(
-        tips, transition_probs, root_weights, operations, inner, scalers, cotangent
+        tips, transition_probs, root_weights, operations, inner, scalers, cotangent,
+        with_edges=False,
     )
     d_root = jnp.einsum("p,kxp->kx", cotangent * jnp.exp(scalers[-1] - log_l), inner[-1])
     return None, d_p, d_root, None

@@ -106,8 +106,10 @@ def transition_probs(
     times = jnp.asarray(times, dtype=eig.eigenvalues.dtype)
     p_sym = _sym_expm(eig.symmetric, eig.eigenvalues, eig.orthogonal, times)
     p = p_sym * (eig.sqrt_frequencies[None, :] / eig.sqrt_frequencies[:, None])
-    # Clip tiny negative round-off (|.| ~ 1e-17) so that log(P v) is always defined.
-    return jnp.maximum(p, 0.0)
+    # Clip tiny negative round-off (|.| ~ 1e-17) so that log(P v) is always defined, without
+    # touching the derivative: at t = 0 the off-diagonal entries are exactly 0 and a plain
+    # maximum would halve their (positive) derivative.
+    return p + jax.lax.stop_gradient(jnp.maximum(p, 0.0) - p)
 
 
 def transition_times_vector(eig: Eigensystem, t: Array, v: Array) -> Array:
