@@ -1,6 +1,11 @@
 """HyPhy 2.5.47 FEL vs ``phylojax fel`` on the shared data sets: time, memory, agreement.
 
-    python benchmarks/bench_fel.py [--sets CD2 p51 ...] [--no-hyphy] [--hyphy-timings]
+    python benchmarks/bench_fel.py [--sets CD2 p51 ...] [--hyphy-timings] [--no-warm]
+                                   [--variants] [--keep DIR]
+
+``--variants`` also runs the CD2 option variants that have HyPhy reference JSONs (``--srv No``,
+``--branches Internal``, ``--branches GROUP1``, ``--ci``, ``--resample 20``; phylojax only, fresh
+process each) and compares them with ``reference/CD2.<variant>.FEL.json``.
 
 For each set: HyPhy (``hyphy-avx CPU=1 fel``, run here unless ``--hyphy-timings`` reuses
 ../shared/data/hyphy/reference/timings.tsv), phylojax end to end in a fresh process (compilation
@@ -78,10 +83,15 @@ def main() -> None:
     ap.add_argument("--hyphy-timings", action="store_true",
                     help="reuse reference/timings.tsv instead of running HyPhy (except CD2)")
     ap.add_argument("--no-warm", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="CD2 option variants (see docstring)")
+    ap.add_argument("--keep", help="directory for phylojax's JSON outputs")
     args = ap.parse_args()
+    keep = pathlib.Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
     print("| set | taxa x codons | HyPhy s | phylojax cold s | warm s | ratio cold | ratio warm |"
-          " peak MiB (pj / HyPhy) | ΔlnL global | max / median abs ΔLRT | class diffs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " peak MiB (pj / HyPhy) | ΔlnL global | min ΔLRT | max / median abs ΔLRT | class diffs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.sets:
         path = SHARED / SETS[name]
         ref = json.loads((SHARED / "reference" / f"{name}.FEL.json").read_text())
@@ -95,6 +105,8 @@ def main() -> None:
             t_p, m_p, _ = timed([sys.executable, "-m", "phylojax", "fel", "--alignment", str(path),
                                  "--output", str(out), "--quiet"])  # fmt: skip
             doc = json.loads(out.read_text())
+            if keep:
+                (keep / f"{name}.json").write_text(out.read_text())
         t_w = float("nan") if args.no_warm else warm_time(path)
         ours, theirs = rows_of(doc), rows_of(ref)
         dll = (doc["fits"]["Global MG94xREV"]["Log Likelihood"]
@@ -108,8 +120,51 @@ def main() -> None:
         taxa = ref["input"]["number of sequences"]
         print(f"| {name} | {taxa} x {len(theirs)} | {t_h:.1f} | {t_p:.1f} | {t_w:.1f} | "
               f"{t_h / t_p:.2f} | {t_h / t_w:.2f} | {m_p:.0f} / {m_h:.0f} | {dll:+.4f} | "
-              f"{np.abs(d).max():.4f} / {np.median(np.abs(d[var])):.1e} | "
+              f"{d[var].min():+.4f} | {np.abs(d).max():.4f} / {np.median(np.abs(d[var])):.1e} | "
               f"{'; '.join(diffs) or 'none'} |", flush=True)  # fmt: skip
+    if args.variants:
+        variants(keep)
+
+
+VARIANTS = {
+    "srvNo": ["--srv", "No"],
+    "branchesInternal": ["--branches", "Internal"],
+    "branchesGROUP1": ["--tree", str(SHARED / "CD2.annotated.nwk"), "--branches", "GROUP1"],
+    "ciYes": ["--ci"],
+    "resample20": ["--resample", "20", "--seed", "1"],
+}
+
+
+def variants(keep) -> None:
+    """CD2 option variants vs HyPhy's JSONs (phylojax in a fresh process each)."""
+    print("\n| CD2 variant | phylojax s | peak MiB | ΔlnL global | min / median ΔLRT | class diffs | notes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, opts in VARIANTS.items():
+        ref = json.loads((SHARED / "reference" / f"CD2.{name}.FEL.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(tmp) / "p.json"
+            t_p, m_p, _ = timed([sys.executable, "-m", "phylojax", "fel", "--alignment",
+                                 str(SHARED / "CD2.nex"), "--output", str(out), "--quiet", *opts])  # fmt: skip
+            doc = json.loads(out.read_text())
+            if keep:
+                (keep / f"CD2.{name}.json").write_text(out.read_text())
+        ours, theirs = rows_of(doc), rows_of(ref)
+        dll = (doc["fits"]["Global MG94xREV"]["Log Likelihood"]
+               - ref["fits"]["Global MG94xREV"]["Log Likelihood"])  # fmt: skip
+        d = ours[:, 3] - theirs[:, 3]
+        var = ~(theirs[:, :4] == 0).all(1)
+        (pp, nn), (hp, hn) = classes(ours), classes(theirs)
+        ndiff = int(np.sum((pp != hp) | (nn != hn)))
+        note = ""
+        if name == "ciYes":
+            inside = (ours[var, 6] <= theirs[var, 6] * 1.02 + 1e-3) & (ours[var, 8] >= theirs[var, 8] * 0.98 - 1e-3)
+            note = f"profile CI contains HyPhy's slice CI at {inside.sum()}/{var.sum()} sites"
+        if name == "resample20":
+            note = "bootstrap p differs by Monte Carlo noise (20 replicates)"
+        if name == "srvNo":
+            note = "HyPhy 2.5.47's srv-No null is not nested (negative LRTs); ours is nested"
+        print(f"| {name} | {t_p:.1f} | {m_p:.0f} | {dll:+.4f} | {d[var].min():+.4f} / "
+              f"{np.median(np.abs(d[var])):.1e} | {ndiff} | {note} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

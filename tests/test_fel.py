@@ -125,16 +125,22 @@ def test_site_stage_against_hyphy_global_fit():
     assert np.max(np.abs(lrt[idx] - recompute[:, 2])) < 0.01
 
 
-@pytest.mark.slow
-def test_cd2_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def cd2_cli(tmp_path_factory):
+    """One end-to-end CLI run on CD2 (fresh compile), shared by the tests below."""
     from phylojax.cli import main
 
-    out = tmp_path / "cd2.json"
-    csv = tmp_path / "cd2.csv"
+    tmp = tmp_path_factory.mktemp("cd2")
+    out, csv = tmp / "cd2.json", tmp / "cd2.csv"
     rc = main(["fel", "--alignment", str(HERE / "CD2.nex"), "--output", str(out), "--csv", str(csv),
                "--quiet"])  # fmt: skip
     assert rc == 0
-    doc = json.loads(out.read_text())
+    return json.loads(out.read_text()), csv
+
+
+@pytest.mark.slow
+def test_cd2_end_to_end(cd2_cli):
+    doc, csv = cd2_cli
     rows = np.array(doc["MLE"]["content"]["0"])
     ref, refdoc = _rows("CD2.FEL.json")
     assert [h[0] for h in doc["MLE"]["headers"]] == [
@@ -148,6 +154,7 @@ def test_cd2_end_to_end(tmp_path):
     assert np.all(np.isfinite(rows))
     delta = rows[:, 3] - ref[:, 3]
     assert delta.min() > -0.05
+    assert np.median(np.abs(delta[rows[:, 3] > 0])) < 2e-3
     pos = {i + 1 for i in np.flatnonzero((rows[:, 4] <= 0.1) & (rows[:, 0] < rows[:, 1]))}
     neg = {i + 1 for i in np.flatnonzero((rows[:, 4] <= 0.1) & (rows[:, 0] >= rows[:, 1]))}
     assert pos == POSITIVE and neg == NEGATIVE
@@ -156,3 +163,17 @@ def test_cd2_end_to_end(tmp_path):
     assert np.all(rows[const] == [0, 0, 0, 0, 1, 0])
     np.testing.assert_allclose(rows[~const, 5], ref[~const, 5], rtol=0.01)
     assert len(csv.read_text().splitlines()) == 188
+
+
+@pytest.mark.slow
+def test_cd2_profile_ci(cd2_cli):
+    """--ci: our interval is the true profile, HyPhy's a slice at the other MLEs; the profile
+    likelihood is >= the slice everywhere, so ours must contain HyPhy's (up to its tolerance)."""
+    res = fel(read_alignment(HERE / "CD2.nex"), ci=True)  # warm: global fit compiled by cd2_cli
+    ref, _ = _rows("CD2.ciYes.FEL.json")
+    lb, mle, ub = res.dnds_ci.T
+    var = ~res.constant
+    assert np.all(lb[var] <= mle[var] + 1e-9) and np.all(mle[var] <= ub[var] + 1e-9)
+    assert np.all(lb[var] <= ref[var, 6] * 1.02 + 1e-3)
+    assert np.all(ub[var] >= ref[var, 8] * 0.98 - 1e-3)
+    assert set(np.flatnonzero(res.positive) + 1) == POSITIVE

@@ -27,7 +27,7 @@ UPPER = 10000.0  # HyPhy's bound on every parameter
 T_MIN = 1e-9
 
 
-def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000):
+def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restarts: int = 50):
     """Maximise with L-BFGS-B (scipy) in the raw bounded parameters; ``value_and_grad(x)`` is a
     jitted function returning ``(f, df/dx)`` as JAX arrays. Returns ``(x, f, evaluations)``.
 
@@ -53,7 +53,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000):
         return -f * scale, -g * scale
 
     best_x, best_f = x, f0
-    for _ in range(3):  # L-BFGS-B may stop early on an inexact line search: restart
+    for _ in range(max_restarts):  # L-BFGS-B stops early on its relative-reduction test: restart
         res = minimize(neg, x, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": max_steps, "maxcor": 20, "ftol": 1e-15,
                                 "gtol": 1e-7 * scale})  # fmt: skip
@@ -62,7 +62,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000):
             gain = f - best_f
             best_x, best_f = res.x, f
             x = res.x
-            if gain < 1e-6:
+            if gain < 1e-7:
                 break
         else:
             break
@@ -164,9 +164,10 @@ def _codon_loglik(theta6, omega, times_list, codon, background, g, code, two_cla
 
 @functools.partial(jax.jit, static_argnames=("code", "two_class"))
 def _prop_value_and_grad(x, gtr_rates, gtr_lengths, codon, background, g, code, two_class):
-    def f(x):
-        omega = x[1:3] if two_class else jnp.stack([x[1], x[1]])
-        return _codon_loglik(gtr_rates, omega, [x[0] * bl for bl in gtr_lengths], codon,
+    def f(x):  # logarithms of (scale, omega...): smooth, and lnL never -inf inside the bounds
+        e = jnp.exp(x)
+        omega = e[1:3] if two_class else jnp.stack([e[1], e[1]])
+        return _codon_loglik(gtr_rates, omega, [e[0] * bl for bl in gtr_lengths], codon,
                              background, g, code, two_class)  # fmt: skip
 
     return jax.value_and_grad(f)(x)
@@ -230,12 +231,12 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values.
     n_omega = 2 if two_class else 1
     gl = [jnp.asarray(bl) for bl in gtr_lengths]
-    x0 = np.ones(1 + n_omega)
+    x0 = np.zeros(1 + n_omega)
     x, prop_ll, prop_steps = maximise(
         lambda x: _prop_value_and_grad(x, jnp.asarray(gtr_rates), gl, codon, background, g, code,
                                        two_class),
-        x0, np.zeros_like(x0), np.full_like(x0, UPPER), max_steps)  # fmt: skip
-    scale, prop_omega = float(x[0]), x[1:]
+        x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps)  # fmt: skip
+    scale, prop_omega = float(np.exp(x[0])), np.exp(x[1:])
 
     # Step 4: full refit, started from the proportional fit.
     x0 = np.concatenate([gtr_rates[[0, 2, 3, 4, 5]], prop_omega]
