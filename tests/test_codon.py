@@ -125,3 +125,18 @@ def test_codeml_f1x4mg_oracle(data_dir):
     assert abs(float(log_likelihood(problem.data, problem.branch_lengths, wrong, rate_model())) - lnl) > 1
     wrong = mgk(2.5, 0.4, nucleotide_partials(aln), frequencies="F3X4")
     assert abs(float(log_likelihood(problem.data, problem.branch_lengths, wrong, rate_model())) - lnl) > 0.1
+
+
+def test_position_counts_unknown_bases():
+    """HyPhy counts N as 1/4 of each base, skips gaps, and spreads ambiguities 1/n (rbp3's
+    HyPhy GTR frequencies are reproduced to 1e-17 with this rule)."""
+    from phylojax.models.codon import position_counts
+
+    # one taxon, codon "ANY" + "-RT": A, N, Y | -, R, T
+    p = np.array([[[1, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1],
+                   [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]]], float)  # fmt: skip
+    unknown = np.array([[False, True, False, False, False, False]])
+    skip = position_counts(p)
+    np.testing.assert_allclose(skip, [[1, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0, 1.5]])
+    counted = position_counts(p, unknown)
+    np.testing.assert_allclose(counted, [[1, 0, 0, 0], [0.75, 0.25, 0.75, 0.25], [0, 0.5, 0, 1.5]])

@@ -62,15 +62,20 @@ def _stop_index_arrays(code) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ frequencies
-def position_counts(nucleotide_partials: np.ndarray) -> np.ndarray:
+def position_counts(nucleotide_partials: np.ndarray, unknown=None) -> np.ndarray:
     """``[3, 4]`` observed nucleotide counts at each codon position.
 
     ``nucleotide_partials`` is ``[taxon, site, 4]`` (site = 3 x codon). Ambiguous characters count
-    ``1/n`` for each of their ``n`` resolutions; fully unknown characters (gaps, ``N``) are skipped.
+    ``1/n`` for each of their ``n`` resolutions; fully unknown characters are skipped, except those
+    flagged in the optional ``unknown`` ``bool[taxon, site]`` (HyPhy counts an ``N`` as 1/4 of
+    each base but skips gaps: measured on rbp3, whose HyPhy frequencies this reproduces to 1e-17).
     """
     p = np.asarray(nucleotide_partials, dtype=np.float64)
     n = p.sum(-1, keepdims=True)
-    w = np.where((n > 0) & (n < 4), p / np.maximum(n, 1), 0.0)
+    counted = (n > 0) & (n < 4)
+    if unknown is not None:
+        counted = counted | np.asarray(unknown, bool)[..., None]
+    w = np.where(counted, p / np.maximum(n, 1), 0.0)
     return w.reshape(w.shape[0], -1, 3, 4).sum(axis=(0, 1))
 
 

@@ -156,7 +156,9 @@ def prepare_partitions(aln: Alignment, tree_path=None, *, code=1, branches="All"
     """Encode every partition; returns ``(partitions, nucleotide_pi[4], position_counts[3, 4])``."""
     codon_tips = codon_partials(aln, code)  # validates frame and stop codons (located errors)
     nuc_tips = nucleotide_partials(aln)
-    counts = position_counts(nuc_tips)
+    # HyPhy counts N as 1/4 of each base in the frequencies (gaps are skipped)
+    unknown = np.array([[ch in "Nn" for ch in str(seq)] for seq in aln.sequences])
+    counts = position_counts(nuc_tips, unknown if unknown.shape == nuc_tips.shape[:2] else None)
     parts = []
     for name, cols, tree in _partition_trees(aln, tree_path):
         tree = _unrooted(tree)
@@ -297,7 +299,7 @@ def _scatter(pattern_count, var, fits: SiteFits) -> dict:
     return out
 
 
-def _profile_ci(problem, tips, fits: SiteFits, iterations: int = 24) -> np.ndarray:
+def _profile_ci(problem, tips, fits: SiteFits, iterations: int = 14) -> np.ndarray:
     """True profile 95% interval of dN/dS = beta/alpha: ``l_prof >= l_max - 1.92`` (bisection on
     ``phi = atan(dN/dS)``, ``r`` re-optimised at every point). ``[site, (LB, MLE, UB)]``;
     dN/dS capped at 10000 as in HyPhy."""

@@ -407,6 +407,8 @@ def _projected_newton(x0, tips, problem, kind, iterations: int):
     def f(x):
         return _general_loglik(x, tips, problem, kind)
 
+    if dim == 0:  # nothing free (--srv No null without nuisance: alpha = beta = 1)
+        return x0, f(x0)
     grad = jax.jacfwd(f)
     eye = jnp.eye(dim)
     steps = jnp.array([1.0, 0.5, 0.2, 0.05, 0.01])
