@@ -60,7 +60,7 @@ def main(argv=None) -> int:
           f"error [{model.error_min:.1f}, {model.error_max:.1f}], p95 |error| {model.error_p95:.1f}")
     device = ix.prepare(index)
     keys_np = index.sorted_keys
-    keys = device.sorted_keys[:-1]
+    keys = device.sorted_keys[: device.n]
     rng = np.random.default_rng(args.seed)
     rows = []
     for length in lengths:

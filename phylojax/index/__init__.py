@@ -22,6 +22,7 @@ from .search import DeviceIndex as DeviceIndex
 from .search import Patterns as Patterns
 from .search import SuffixIndex as SuffixIndex
 from .search import build_index as build_index
+from .search import BLOCK as BLOCK
 from .search import count as count
 from .search import encode_patterns as encode_patterns
 from .search import locate as locate

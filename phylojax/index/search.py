@@ -16,11 +16,15 @@ Both predicates are monotone along the suffix array (BREAK sorts after T), so ``
 are the first ranks where they turn false. Patterns longer than 32 bases are refined chunk by
 chunk inside [lo, hi) by reading the packed text at ``suffix_array[i] + 32 c``.
 
-Learned search (:func:`count` with ``use_model=True``): predict the ranks of the pattern's lowest
-and highest k-base keys, take the window measured at build time around them, run a fixed number
-of unrolled branchless halving steps inside the window, *verify* the answer against its two
-neighbours, and send the lanes that fail verification (window too small, e.g. very repetitive
-k-mers) to the full binary search. Answers are therefore exact whatever the model predicts.
+Learned search (:func:`count` with ``use_model=True``): one fused jitted call per block of
+:data:`BLOCK` queries. Predict the ranks of the pattern's lowest and highest k-base keys; place a
+window of 2**bits ranks (bits fixed per index from the measured error range, 7 for E. coli) so
+that the error range lies strictly inside it; run ``bits`` unrolled branch-free halving probes
+over the 32-base keys for the lower and the upper bound. An answer strictly inside its window is
+proven by the two neighbouring ranks the probes read; an answer at a window edge, or an upper
+bound whose last suffix holds a separator, sends the lane to the exact binary search, run on
+the device over the compacted flagged lanes only. Answers are therefore exact whatever the
+model predicts. ``use_model=False`` runs the same code with one window over the whole array.
 """
 
 from __future__ import annotations
@@ -35,8 +39,6 @@ from ..errors import PrecisionError, input_error
 from . import learned, suffix_array
 
 _ALL_ONES = 0xFFFFFFFFFFFFFFFF
-# Fraction of lanes the fixed learned window must cover; the rest take the exact fallback.
-WINDOW_COVERAGE = 0.999
 
 
 class SuffixIndex(NamedTuple):
@@ -76,7 +78,13 @@ class Patterns(NamedTuple):
 
 
 class DeviceIndex(NamedTuple):
-    """JAX copies of the arrays the kernels read, plus static metadata (see :func:`prepare`)."""
+    """JAX copies of the arrays the kernels read, plus static metadata (see :func:`prepare`).
+
+    ``sorted_keys`` carries sentinel (all-T, no bases) entries past rank ``n`` so that windows
+    near the end read sentinels instead of being clamped; use ``sorted_keys[:n]`` for the data.
+    ``plan`` is the static shape of the learned search and ``arrays`` everything the fused kernel
+    reads, in its argument order.
+    """
 
     n: int
     words: object
@@ -85,7 +93,8 @@ class DeviceIndex(NamedTuple):
     sorted_keys: object
     key_lengths: object
     model: learned.LearnedModel | None
-    model_arrays: tuple | None
+    plan: object
+    arrays: tuple
 
 
 def _require_x64() -> None:
@@ -144,26 +153,37 @@ def prepare(index: SuffixIndex) -> DeviceIndex:
     _require_x64()
     import jax.numpy as jnp
 
-    model_arrays = None
+    n = int(index.text_length)
     if index.model is not None:
-        m = index.model
-        model_arrays = (
-            jnp.asarray(m.knot_keys),
-            jnp.asarray(m.knot_ranks),
-            jnp.asarray(m.radix_table),
-            jnp.asarray(m.error_max, jnp.float64),
-            jnp.asarray(m.error_min, jnp.float64),
-        )
+        plan, tables = _fast_model(index.model, n)
+        tables = tuple(jnp.asarray(t) for t in tables)
+        error_max, error_min = index.model.error_max, index.model.error_min
+    else:
+        plan, tables, error_max, error_min = QueryPlan(n, 0, 0, 0, 0, 0), (), 0.0, 0.0
+    # One sentinel past the end (all-T key, no bases): probes clamp to it instead of branching.
+    sorted_keys = jnp.asarray(np.append(index.sorted_keys, np.uint64(_ALL_ONES)))
+    key_lengths = jnp.asarray(np.append(index.key_lengths, np.uint8(0)))
+    words, breaks, sa = jnp.asarray(index.words), jnp.asarray(index.breaks), jnp.asarray(index.suffix_array)
+    arrays = (
+        sorted_keys,
+        key_lengths,
+        sa,
+        words,
+        breaks,
+        tables,
+        jnp.asarray(error_max, jnp.float64),
+        jnp.asarray(error_min, jnp.float64),
+    )
     return DeviceIndex(
-        n=int(index.text_length),
-        words=jnp.asarray(index.words),
-        breaks=jnp.asarray(index.breaks),
-        suffix_array=jnp.asarray(index.suffix_array),
-        # One sentinel past the end (all-T key, no bases) so probes can clamp instead of branch.
-        sorted_keys=jnp.asarray(np.append(index.sorted_keys, np.uint64(_ALL_ONES))),
-        key_lengths=jnp.asarray(np.append(index.key_lengths, np.uint8(0))),
+        n=n,
+        words=words,
+        breaks=breaks,
+        suffix_array=sa,
+        sorted_keys=sorted_keys,
+        key_lengths=key_lengths,
         model=index.model,
-        model_arrays=model_arrays,
+        plan=plan,
+        arrays=arrays,
     )
 
 
@@ -257,15 +277,13 @@ def _predicates(keys, key_lengths, pattern, m):
     return less, less | ((a == b) & (key_lengths.astype(jnp.int64) >= m))
 
 
-def _sorted_predicate(sorted_keys, key_lengths, pattern, m, which):
+def _sorted_predicate(sorted_keys, key_lengths, pattern, m, which, n: int):
     """Exact predicate over ranks (int64[q]) of the key array; rank < 0 is True, rank >= n False.
 
-    ``sorted_keys``/``key_lengths`` may carry one sentinel entry at the end (see :func:`prepare`),
-    which is never read as data.
+    ``sorted_keys``/``key_lengths`` may carry sentinel entries past ``n`` (see :func:`prepare`),
+    which are never read as data.
     """
     import jax.numpy as jnp
-
-    n = sorted_keys.shape[0] - 1
 
     def predicate(rank):
         i = jnp.clip(rank, 0, n - 1)
@@ -273,18 +291,6 @@ def _sorted_predicate(sorted_keys, key_lengths, pattern, m, which):
         return jnp.where(rank < 0, True, jnp.where(rank >= n, False, value))
 
     return predicate
-
-
-def _lower_bound_static(predicate, start, steps: int):
-    """First rank in [start, start + 2**steps] where ``predicate`` is False, assuming it is True
-    before ``start`` and monotone; ``steps + 1`` unrolled probes, no data-dependent loop."""
-    import jax.numpy as jnp
-
-    position = start
-    for j in reversed(range(steps)):
-        probe = position + (1 << j) - 1
-        position = jnp.where(predicate(probe), position + (1 << j), position)
-    return jnp.where(predicate(position), position + 1, position)
 
 
 def _lower_bound_dynamic(predicate, base, length):
@@ -304,180 +310,266 @@ def _lower_bound_dynamic(predicate, base, length):
     return lax.while_loop(lambda s: jnp.any(s[1] > 0), body, (base, length))[0]
 
 
-def _interval(sorted_keys, pattern, m, start, steps: int):
-    """lo, hi (int64[q]) for a first chunk of m (1..32) bases, searching [start, start + 2**steps].
+# --------------------------------------------------------------------------- fused query kernel
 
-    The halving steps read only the key array, with the pattern's top bits precomputed: the
-    lower bound needs nothing else, and for the upper bound "top(key) <= top(P)" only differs from
-    the exact rule on suffixes that hit a BREAK inside the pattern. Those lanes, and any lane
-    whose answer left the window, fail :func:`_verify` and go to :func:`_exact_interval`.
+# Lanes per compiled block: big enough that dispatch overhead vanishes, small enough that the
+# per-lane state of one block stays in cache (2**14 was fastest of 2**11 .. 2**20 on E. coli). Every block of every batch has this shape (the
+# last one padded on the device), so one compilation serves batches of any size >= BLOCK.
+BLOCK = 1 << 14
+_FINE_RADIX_BITS = 16
+
+
+class QueryPlan(NamedTuple):
+    """Static (compile-time) shape of the learned search for one index (see :func:`prepare`)."""
+
+    n: int
+    k: int
+    key_bits: int
+    radix_bits: int
+    probes: int
+    window_bits: int
+
+
+def _fast_model(model: learned.LearnedModel, n: int):
+    """Device tables that evaluate :func:`learned.predict` with fewer dependent gathers.
+
+    The function is unchanged (same segment, same four knot values, same float arithmetic), so the
+    error bounds measured at build time still describe it. Only the segment lookup differs: a
+    finer radix table (2**16 buckets, derived here, not stored) leaves at most ``probes`` knots
+    per bucket (3 for E. coli), which are tested with independent probes instead of a chain of
+    halving steps. Returns the :class:`QueryPlan` and the tables.
+    """
+    knot_keys = np.asarray(model.knot_keys, dtype=np.uint64)
+    count = len(knot_keys)
+    radix_bits = min(model.key_bits, max(model.radix_bits, _FINE_RADIX_BITS))
+    starts = np.arange(2**radix_bits + 1, dtype=np.uint64) << np.uint64(model.key_bits - radix_bits)
+    table = np.clip(np.searchsorted(knot_keys, starts, side="right") - 1, 0, count - 1)
+    firsts = table.astype(np.int32)
+    lasts = np.append(table[1:], table[-1]).astype(np.int32)
+    probes = max(int(np.max(lasts - firsts)), 1)
+    padded = np.append(model.knot_keys.astype(np.uint32), np.full(probes + 1, 0xFFFFFFFF, np.uint32))
+    x = model.knot_keys.astype(np.float64)
+    y = np.asarray(model.knot_ranks).astype(np.float64)
+    # Offsets of the true ranks inside a window must fit in [1, 2**bits - 2] (see _count_block).
+    window_bits = int(np.ceil(model.error_max - model.error_min) + 3).bit_length()
+    tables = (firsts, lasts, padded, x[:-1], x[1:], y[:-1], y[1:])
+    plan = QueryPlan(n, model.k, model.key_bits, radix_bits, probes, window_bits)
+    return plan, tables
+
+
+def _predict_fast(tables, keys, plan: QueryPlan):
+    """:func:`learned.predict` (float64[q]) of k-mer ``keys`` with the tables of :func:`_fast_model`."""
+    import jax.numpy as jnp
+
+    firsts, lasts, knot_keys, x0s, x1s, y0s, y1s = tables
+    shift = 2 * plan.k - plan.key_bits
+    quantised = keys >> jnp.uint64(shift)
+    bucket = (quantised >> jnp.uint64(plan.key_bits - plan.radix_bits)).astype(jnp.int64)
+    base, last = firsts[bucket].astype(jnp.int64), lasts[bucket].astype(jnp.int64)
+    segment = base
+    for j in range(1, plan.probes + 1):
+        # Independent probes (not a chain): knot base + j is passed iff it lies in this bucket
+        # and its key is <= the query's; knot keys increase, so the passes count the segment.
+        passed = (base + j <= last) & (knot_keys[base + j].astype(jnp.uint64) <= quantised)
+        segment = segment + passed.astype(jnp.int64)
+    segment = jnp.minimum(segment, x0s.shape[0] - 1)
+    x0, x1, y0, y1 = x0s[segment], x1s[segment], y0s[segment], y1s[segment]
+    position = keys.astype(jnp.float64) / float(1 << shift)
+    return y0 + (y1 - y0) * ((position - x0) / (x1 - x0))
+
+
+def _window_count(sorted_keys, start, shift, top, strict: bool, bits: int, n: int):
+    """Offset c in [0, 2**bits - 1] of the first rank in [start, start + 2**bits - 1) where
+    ``top(key) < top(P)`` (``strict``) or ``top(key) <= top(P)`` turns False.
+
+    ``bits`` unrolled branch-free halving probes, each one plain gather; ranks past ``n`` read the
+    sentinel key. The predicate is monotone along the suffix array, so when 0 < c < 2**bits - 1
+    the ranks start + c - 1 (True) and start + c (False) were both read and c is exact; c = 0
+    or c = 2**bits - 1 means the answer may lie outside the window.
     """
     import jax.numpy as jnp
 
-    n = sorted_keys.shape[0] - 1
-    shift = (64 - 2 * m).astype(jnp.uint64)
-    top = pattern >> shift
-
-    def below(rank):
-        return (sorted_keys[jnp.minimum(rank, n)] >> shift) < top
-
-    def not_above(rank):
-        return (sorted_keys[jnp.minimum(rank, n)] >> shift) <= top
-
-    lo = jnp.minimum(_lower_bound_static(below, start, steps), n)
-    hi = jnp.minimum(_lower_bound_static(not_above, lo, steps), n)
-    return lo, hi
+    position = jnp.zeros_like(start)
+    for j in reversed(range(bits)):
+        probe = sorted_keys[jnp.minimum(start + position + ((1 << j) - 1), n)] >> shift
+        go = (probe < top) if strict else (probe <= top)
+        position = jnp.where(go, position + (1 << j), position)
+    return position
 
 
-def _verify(sorted_keys, key_lengths, pattern, m, lo, hi):
-    """bool[q]: lo and hi are exactly where the exact predicates turn false (four reads).
-
-    Jitted on its own: fused into the search, XLA recomputed the whole chain of dependent gathers
-    for each of these consumers, which made the search several times slower.
-    """
-    less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0)
-    less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1)
-    return less(lo - 1) & ~less(lo) & less_equal(hi - 1) & ~less_equal(hi)
-
-
-def _exact_interval(sorted_keys, key_lengths, pattern, m):
-    """Full binary search with the exact rule (the fallback); always correct."""
+def _exact_interval(sorted_keys, key_lengths, pattern, m, n: int):
+    """Full binary search with the exact rule (the fallback and ``--no-model``); always correct."""
     import jax.numpy as jnp
 
-    n = sorted_keys.shape[0] - 1
-    less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0)
-    less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1)
+    less = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 0, n)
+    less_equal = _sorted_predicate(sorted_keys, key_lengths, pattern, m, 1, n)
     lo = _lower_bound_dynamic(less, jnp.zeros_like(m), jnp.full_like(m, n))
     hi = _lower_bound_dynamic(less_equal, lo, n - lo)
     return lo, hi
 
 
-@partial(jax.jit, static_argnames=("k", "key_bits", "radix_bits", "segment_steps"))
-def _windows(model_arrays, chunk0, m, n, *, k, key_bits, radix_bits, segment_steps):
-    """Model step: window start (int64[q]) and width (int64[q]) for each pattern."""
+def _fix_lanes(bad, fix, values, room: int):
+    """Recompute the lanes flagged in ``bad`` (bool[q]) without leaving the device.
+
+    ``fix(take)`` answers the lanes ``take`` (int[room]) and returns new values for them. Flagged
+    lanes are compacted ``room`` at a time (nothing runs when none is flagged), so the cost
+    follows the number of flagged lanes and the fixing code is compiled once. Returns the new
+    values and the number of flagged lanes.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    def body(state):
+        values, bad = state
+        take = jnp.nonzero(bad, size=room, fill_value=-1)[0]
+        real = take >= 0
+        # Padding slots re-answer the first flagged lane and write nothing back.
+        take = jnp.where(real, take, jnp.max(take[:1]))
+        fixed = fix(take)
+        target = jnp.where(real, take, bad.shape[0])
+        values = tuple(v.at[target].set(f, mode="drop") for v, f in zip(values, fixed, strict=True))
+        return values, bad.at[target].set(False, mode="drop")
+
+    values, _ = lax.while_loop(lambda s: jnp.any(s[1]), body, (values, bad))
+    return values, jnp.sum(bad)
+
+
+def _refine_chunks(suffix_array_, words, breaks, chunks, lengths, lo, hi, n: int, room: int):
+    """Narrow [lo, hi) of the first 32 bases to the whole pattern, 32 bases at a time.
+
+    An interval of one suffix (the common case) is settled with one read of the text; wider ones
+    are bisected on a compacted subset of lanes (:func:`_fix_lanes`).
+    """
     import jax.numpy as jnp
 
-    knot_keys, knot_ranks, radix_table, error_max, error_min = model_arrays
-    model = learned.LearnedModel(
-        k, key_bits, radix_bits, segment_steps, knot_keys, knot_ranks, radix_table, 0.0, 0.0, 0.0, 0.0
-    )
-    low_key = chunk0 >> jnp.uint64(64 - 2 * k)
-    pad = jnp.maximum(k - m, 0).astype(jnp.uint64)
-    high_key = low_key | ((jnp.uint64(1) << (jnp.uint64(2) * pad)) - jnp.uint64(1))
-    first = learned.predict(model, low_key, jnp)
-    past = learned.predict(model, high_key + jnp.uint64(1), jnp)
-    start = jnp.clip(jnp.floor(first - error_max).astype(jnp.int64) - 1, 0, n)
-    end = jnp.clip(jnp.ceil(past - error_min).astype(jnp.int64) + 1, 0, n)
-    return start, jnp.maximum(end - start, 1)
-
-
-@partial(jax.jit, static_argnames=("steps",))
-def _search(sorted_keys, chunk0, m0, start, *, steps):
-    return _interval(sorted_keys, chunk0, m0, start, steps)
-
-
-_verify_jit = jax.jit(_verify)
-
-
-_exact = jax.jit(_exact_interval)
-
-
-@jax.jit
-def _refine(suffix_array_, words, breaks, chunks, lengths, lo, hi):
-    """Narrow [lo, hi) of the first 32 bases to the whole pattern, 32 bases at a time."""
-    import jax.numpy as jnp
-
-    n = suffix_array_.shape[0]
     for c in range(1, chunks.shape[1]):
         m = jnp.clip(lengths - 32 * c, 0, 32)
-        active = (m > 0) & (hi > lo)
         pattern = chunks[:, c]
         mc = jnp.maximum(m, 1)
 
-        def predicate(rank, which, pattern=pattern, mc=mc, c=c):
+        def predicate(rank, which, lanes=None, pattern=pattern, mc=mc, c=c):
+            pattern_, mc_ = (pattern, mc) if lanes is None else (pattern[lanes], mc[lanes])
             i = jnp.clip(rank, 0, n - 1)
             position = jnp.minimum(suffix_array_[i].astype(jnp.int64) + 32 * c, n - 1)
             keys, key_lengths = _keys_at(words, breaks, position)
-            return _predicates(keys, key_lengths, pattern, mc)[which]
+            return _predicates(keys, key_lengths, pattern_, mc_)[which]
 
-        new_lo = _lower_bound_dynamic(lambda r: predicate(r, 0), lo, jnp.where(active, hi - lo, 0))
-        new_hi = _lower_bound_dynamic(lambda r: predicate(r, 1), new_lo, jnp.where(active, hi - new_lo, 0))
-        lo = jnp.where(active, new_lo, lo)
-        hi = jnp.where(active, new_hi, hi)
+        single = (m > 0) & (hi - lo == 1)
+        less, less_equal = predicate(lo, 0), predicate(lo, 1)
+        lo, hi = (
+            jnp.where(single, lo + less, lo),
+            jnp.where(single, lo + less_equal, hi),
+        )
+        wide = (m > 0) & (hi - lo > 1)
+
+        def narrow(lanes, lo=lo, hi=hi, wide=wide, predicate=predicate):
+            a, b, active = lo[lanes], hi[lanes], wide[lanes]
+            new_lo = _lower_bound_dynamic(lambda r: predicate(r, 0, lanes), a, jnp.where(active, b - a, 0))
+            new_hi = _lower_bound_dynamic(lambda r: predicate(r, 1, lanes), new_lo, jnp.where(active, b - new_lo, 0))
+            # Padding lanes (lane 0) and narrow lanes keep their interval.
+            return jnp.where(active, new_lo, a), jnp.where(active, new_hi, b)
+
+        (lo, hi), _ = _fix_lanes(wide, narrow, (lo, hi), room)
     return lo, hi
 
 
-def _full_steps(n: int) -> int:
-    return max(int(n).bit_length(), 1)
+@partial(jax.jit, static_argnames=("plan", "use_model"))
+def _count_block(arrays, chunks, lengths, *, plan: QueryPlan, use_model: bool):
+    """One fused, jitted call per block: predict -> window search -> check -> fallback -> refine.
 
+    Returns lo, hi (int64[q]) and the number of lanes the exact fallback answered.
+    """
+    import jax.numpy as jnp
 
-def window_steps(widths: np.ndarray, coverage: float = WINDOW_COVERAGE) -> int:
-    """Smallest s with 2**s >= width for a ``coverage`` fraction of the lanes (int64[q] widths)."""
-    bits = np.zeros(len(widths), dtype=np.int64)
-    nonzero = widths > 1
-    bits[nonzero] = np.frexp((widths[nonzero] - 1).astype(np.float64))[1]
-    histogram = np.cumsum(np.bincount(bits))
-    return int(np.searchsorted(histogram, coverage * len(widths)))
+    sorted_keys, key_lengths, suffix_array_, words, breaks, tables, error_max, error_min = arrays
+    n = plan.n
+    chunk0 = chunks[:, 0]
+    m = jnp.minimum(lengths, 32)
+    room = max(chunks.shape[0] // 64, 64)
+    shift = (64 - 2 * m).astype(jnp.uint64)
+    top = chunk0 >> shift
+
+    if use_model:
+        k = plan.k
+        bits = plan.window_bits
+        size = 1 << bits
+        low_key = chunk0 >> jnp.uint64(64 - 2 * k)
+        pad = jnp.maximum(k - m, 0).astype(jnp.uint64)
+        high_key = low_key | ((jnp.uint64(1) << (jnp.uint64(2) * pad)) - jnp.uint64(1))
+        first = _predict_fast(tables, low_key, plan)
+        past = _predict_fast(tables, high_key + jnp.uint64(1), plan)
+        # Windows with the measured error range strictly inside: for m <= k the true lower
+        # bound lies in [first - error_max, first - error_min] and the upper one in the same
+        # range around ``past``, so each answer lands at an offset in [1, size - 2]. For m > k
+        # the windows bracket the k-mer's block, which is usually one or two suffixes.
+        start_lo = jnp.clip(jnp.floor(first - error_max).astype(jnp.int64) - 1, 0, n)
+        start_hi = jnp.clip(jnp.ceil(past - error_min).astype(jnp.int64) + 2 - size, 0, n)
+    else:
+        # Plain binary search: one window over the whole array.
+        bits = max(int(n + 1).bit_length(), 1)
+        size = 1 << bits
+        start_lo = start_hi = jnp.zeros_like(lengths)
+    below = _window_count(sorted_keys, start_lo, shift, top, True, bits, n)
+    not_above = _window_count(sorted_keys, start_hi, shift, top, False, bits, n)
+    lo = start_lo + below
+    hi = jnp.minimum(start_hi + not_above, n)
+    # An offset strictly inside its window is proven by the two ranks read beside it; at an edge
+    # the answer may lie outside (a window reaching past n is closed by the sentinels).
+    ok = ((below > 0) | (start_lo == 0)) & (below < size - 1)
+    ok &= ((not_above > 0) | (start_hi == 0)) & ((not_above < size - 1) | (start_hi + size - 1 >= n))
+    # The upper bound ignored separators: it is exact iff the last suffix counted holds all m
+    # bases (no BREAK among them), or the interval is empty.
+    ok &= (hi == lo) | ((hi > lo) & (key_lengths[jnp.maximum(hi - 1, 0)].astype(jnp.int64) >= m))
+
+    def exact(lanes):
+        return _exact_interval(sorted_keys, key_lengths, chunk0[lanes], m[lanes], n)
+
+    (lo, hi), fallback = _fix_lanes(~ok, exact, (lo, hi), room)
+    if chunks.shape[1] > 1:
+        lo, hi = _refine_chunks(suffix_array_, words, breaks, chunks, lengths, lo, hi, n, room)
+    return lo, hi, fallback
 
 
 def count(device: DeviceIndex, patterns: Patterns, *, use_model: bool = True, stats: dict | None = None):
     """Exact suffix-array intervals of ``patterns``: (lo int64[q], hi int64[q]); count = hi - lo.
 
-    ``use_model=False`` runs the plain batched binary search over the same keys. ``stats``, when
-    given, receives ``window_steps`` and ``fallback`` (lanes answered by the fallback).
+    ``patterns`` may hold numpy or JAX arrays. Batches run as blocks of :data:`BLOCK` lanes (a
+    smaller batch as one block of the next power of two >= 64), one fused jitted call per block,
+    dispatched without waiting on the host. ``use_model=False`` runs the plain batched binary
+    search over the same keys. ``stats``, when given, receives ``window_steps`` and ``fallback``
+    (lanes answered by the exact fallback); filling it waits for the answers.
     """
     _require_x64()
     import jax.numpy as jnp
 
-    query_count = patterns.lengths.shape[0]
-    block = 1 << 16
-    if query_count <= block:
-        padded = max(64, 1 << int(query_count - 1).bit_length())
-    else:
-        padded = -(-query_count // block) * block
-    if padded != query_count:
-        # Batches are padded to a power of two so a session compiles a handful of shapes.
-        pad = padded - query_count
-        patterns = Patterns(
-            chunks=np.concatenate([np.asarray(patterns.chunks), np.repeat(np.asarray(patterns.chunks)[:1], pad, 0)]),
-            lengths=np.concatenate([np.asarray(patterns.lengths), np.repeat(np.asarray(patterns.lengths)[:1], pad)]),
-        )
-        lo, hi = count(device, patterns, use_model=use_model, stats=stats)
-        return lo[:query_count], hi[:query_count]
+    use_model = bool(use_model and device.model is not None)
+    query_count = int(patterns.lengths.shape[0])
+    block = BLOCK if query_count > BLOCK else max(64, 1 << int(query_count - 1).bit_length())
+    padded = -(-query_count // block) * block
     chunks = jnp.asarray(patterns.chunks)
     lengths = jnp.asarray(patterns.lengths)
-    chunk0 = chunks[:, 0]
-    m0 = jnp.minimum(lengths, 32)
-    full = _full_steps(device.n)
-    if use_model and device.model is not None:
-        model = device.model
-        start, width = _windows(
-            device.model_arrays,
-            chunk0,
-            lengths,
-            device.n,
-            k=model.k,
-            key_bits=model.key_bits,
-            radix_bits=model.radix_bits,
-            segment_steps=model.segment_steps,
-        )
-        steps = min(window_steps(np.asarray(width)), full)
+    if padded != query_count:
+        # Padding lanes repeat the first query (a valid pattern) and are dropped afterwards.
+        extra = padded - query_count
+        chunks = jnp.concatenate([chunks, jnp.broadcast_to(chunks[:1], (extra, chunks.shape[1]))])
+        lengths = jnp.concatenate([lengths, jnp.broadcast_to(lengths[:1], (extra,))])
+    arrays = device.arrays
+    outs = [
+        _count_block(arrays, chunks[i : i + block], lengths[i : i + block], plan=device.plan, use_model=use_model)
+        for i in range(0, padded, block)
+    ]
+    if len(outs) == 1:
+        lo, hi = outs[0][0], outs[0][1]
     else:
-        start, steps = jnp.zeros_like(lengths), full
-    lo, hi = _search(device.sorted_keys, chunk0, m0, start, steps=steps)
-    verified = _verify_jit(device.sorted_keys, device.key_lengths, chunk0, m0, lo, hi)
-    missed = np.flatnonzero(~np.asarray(verified))
-    if missed.size:
-        # Pad the fallback batch to a power of two so its shapes (and compilations) are few.
-        size = 1 << int(missed.size - 1).bit_length()
-        take = jnp.asarray(np.resize(missed, size))
-        flo, fhi = _exact(device.sorted_keys, device.key_lengths, chunk0[take], m0[take])
-        lo = lo.at[take].set(flo)
-        hi = hi.at[take].set(fhi)
+        lo = jnp.concatenate([o[0] for o in outs])
+        hi = jnp.concatenate([o[1] for o in outs])
+    if padded != query_count:
+        lo, hi = lo[:query_count], hi[:query_count]
     if stats is not None:
-        stats.update(window_steps=steps, fallback=int(missed.size))
-    if patterns.chunks.shape[1] > 1:
-        lo, hi = _refine(device.suffix_array, device.words, device.breaks, chunks, lengths, lo, hi)
+        stats.update(
+            window_steps=device.plan.window_bits if use_model else None,
+            fallback=int(jnp.sum(jnp.stack([o[2] for o in outs]))),
+        )
     return lo, hi
 
 
