@@ -55,7 +55,7 @@ pattern = st.text(alphabet=BASES, min_size=1, max_size=70)
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seqs=st.lists(st.one_of(sequence, repeat_rich), min_size=1, max_size=3),
     extra=st.lists(pattern, min_size=1, max_size=8),

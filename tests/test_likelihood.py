@@ -276,11 +276,11 @@ def test_ten_thousand_taxa_stay_finite(dtype, length):
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, data)
     model = gtr(jnp.asarray([1.5, 4.0, 0.8, 1.2, 5.0], dtype), jnp.asarray([.3, .2, .25, .25], dtype))
     rates = rate_model(jnp.asarray(0.5, dtype), 4)
-    rates = jax.tree_util.tree_map(lambda x: x.astype(dtype), rates)
+    model, rates = jax.tree_util.tree_map(lambda x: x.astype(dtype), (model, rates))
     bl = jnp.full(topo.node_count, length, dtype)
     value = jax.jit(log_likelihood)(data, bl, model, rates)
     assert np.isfinite(float(value))
-    if dtype == jnp.float64:
+    if dtype == jnp.float64 and length == 0.5:
         grad = jax.jit(jax.grad(log_likelihood, argnums=1))(data, bl, model, rates)
         assert np.all(np.isfinite(np.asarray(grad)))
 
