@@ -14,3 +14,9 @@ from .rates import RateModel as RateModel
 from .rates import discrete_gamma_rates as discrete_gamma_rates
 from .rates import gamma_quantile as gamma_quantile
 from .rates import rate_model as rate_model
+from .codon import codon_frequencies as codon_frequencies
+from .codon import mg94 as mg94
+from .codon import mgk as mgk
+from .spec import ModelSpec as ModelSpec
+from .spec import build_model as build_model
+from .spec import parse_model as parse_model
