@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from phylojax.alphabets import codon_partials, nucleotide_partials
 from phylojax.cli import main
 from phylojax.errors import InputError
-from phylojax.io import parse_newick, read_alignment, read_tree, tree_for_alignment
+from phylojax.io import parse_newick, read_alignment, tree_for_alignment
 from phylojax.patterns import compress
 
 
