@@ -54,7 +54,7 @@ def nucleotide_partials(aln: Alignment) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- codons
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def genetic_code(code: int | str = 1) -> tuple[tuple[str, ...], dict[str, str], frozenset[str]]:
     """Sense codons (ACGT-lexicographic), codon -> amino acid, and stop codons of an NCBI table.
 
