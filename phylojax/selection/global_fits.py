@@ -53,18 +53,21 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
         return -f * scale, -g * scale
 
     best_x, best_f = x, f0
+    lo, hi = np.asarray(lower, float), np.asarray(upper, float)
     for _ in range(max_restarts):  # L-BFGS-B stops early on its relative-reduction test: restart
         res = minimize(neg, x, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": max_steps, "maxcor": 20, "ftol": 1e-15,
+                       options={"maxiter": max_steps, "maxcor": 20, "ftol": 1e-13,
                                 "gtol": 1e-7 * scale})  # fmt: skip
         f = -res.fun / scale
-        if f > best_f:
-            gain = f - best_f
-            best_x, best_f = res.x, f
-            x = res.x
-            if gain < 1e-7:
-                break
-        else:
+        if not f > best_f:
+            break
+        gain = f - best_f
+        best_x, best_f = res.x, f
+        x = res.x
+        # projected gradient (unscaled): components pushing against an active bound do not count
+        g = -np.asarray(res.jac) / scale
+        pg = np.where(((x <= lo) & (g < 0)) | ((x >= hi) & (g > 0)), 0.0, g)
+        if gain < 1e-7 or np.max(np.abs(pg), initial=0.0) < 1e-3:
             break
     return best_x, best_f, count[0]
 

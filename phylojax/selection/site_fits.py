@@ -343,18 +343,33 @@ def fit_sites_fast(problem: SiteProblem, tips, *, grid_size: int = 25, omega_ran
     ``max_r l(r cos phi, r sin phi)`` inside the grid bracket (one ``eigh`` per site and round) and
     a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape.
     """
+    tips = np.asarray(tips)
+    site_count = tips.shape[0]
+    # pad the site axis to a bucket size so that partitions / data sets of similar size share one
+    # compiled driver (padding rows repeat site 0 and are dropped)
+    bucket = _bucket(site_count)
+    if bucket > site_count:
+        tips = np.concatenate([tips, np.repeat(tips[:1], bucket - site_count, 0)])
     tips = jnp.asarray(tips)
     half = grid_size // 2
     omegas = np.exp(np.linspace(-math.log(omega_range), math.log(omega_range), 2 * half - 1))
     grid = jnp.asarray(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
     alpha, beta, null_rate, f_alt, f_null = _FAST(tips, problem, grid, null_steps, grid_steps,
                                                   boundary_steps, refine_rounds, refine_steps)  # fmt: skip
-    nan = np.full(tips.shape[0], np.nan)
+    nan = np.full(site_count, np.nan)
+    n = site_count
     return SiteFits(
-        alpha=np.asarray(alpha), beta=np.asarray(beta), beta_background=nan,
-        null_rate=np.asarray(null_rate), null_beta_background=nan,
-        alt_loglik=np.asarray(f_alt), null_loglik=np.asarray(f_null),
+        alpha=np.asarray(alpha)[:n], beta=np.asarray(beta)[:n], beta_background=nan,
+        null_rate=np.asarray(null_rate)[:n], null_beta_background=nan,
+        alt_loglik=np.asarray(f_alt)[:n], null_loglik=np.asarray(f_null)[:n],
     )  # fmt: skip
+
+
+def _bucket(n: int) -> int:
+    """Padded site count: powers of two up to 64, then multiples of 64."""
+    if n <= 64:
+        return max(8, 1 << max(n - 1, 0).bit_length())
+    return -(-n // 64) * 64
 
 
 _SHARED = jax.jit(_profile_shared, static_argnums=(4,))
