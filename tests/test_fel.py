@@ -177,3 +177,13 @@ def test_cd2_profile_ci(cd2_cli):
     assert np.all(lb[var] <= ref[var, 6] * 1.02 + 1e-3)
     assert np.all(ub[var] >= ref[var, 8] * 0.98 - 1e-3)
     assert set(np.flatnonzero(res.positive) + 1) == POSITIVE
+
+
+def test_partitions_follow_hyphy_codon_assignment():
+    """partitioned.nex: 5 CHARSETs with one tree each; SPAN_4 = 1492-1693 is not whole codons and
+    HyPhy assigns a codon to the CHARSET holding its third nucleotide (reference coverage)."""
+    aln = read_alignment(HERE / "partitioned.nex")
+    parts, _, _ = prepare_partitions(aln)
+    assert [len(p.columns) for p in parts] == [196, 164, 137, 67, 333]
+    assert [int(p.columns[0]) for p in parts] == [0, 196, 360, 497, 564]
+    assert all(p.tree.leaf_count == 13 for p in parts)

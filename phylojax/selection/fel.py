@@ -144,10 +144,13 @@ def _partition_trees(aln: Alignment, tree_path) -> list[tuple[str, np.ndarray, T
         out = []
         for (name, cols), (_, newick) in zip(parts.items(), aln.trees):
             cols = np.asarray(cols)
-            if len(cols) % 3 or np.any(cols[::3] % 3):
-                raise input_error(f"partition {name} is not a set of whole codons", file=aln.source)
+            # HyPhy assigns a codon to the CHARSET holding its third nucleotide (partitioned.nex's
+            # SPAN_4 = 1492-1693 is 67 codons + 1 nucleotide; codon 564 goes to SPAN_5)
+            codons = np.unique(cols[cols % 3 == 2] // 3)
+            if len(codons) == 0:
+                raise input_error(f"partition {name} holds no whole codon", file=aln.source)
             tree = parse_newick(newick, aln.source).reorder_leaves(aln.names)
-            out.append((name, cols[::3] // 3, tree))
+            out.append((name, codons, tree))
         return out
     return [("0", np.arange(codon_count), tree_for_alignment(aln, tree_path))]
 
