@@ -242,13 +242,22 @@ def _parabola_vertex(x, f):
     return vertex, (a < 0) & (jnp.abs(den) > 1e-300)
 
 
+def _multistart(phi, u0, shifts, tips, problem, steps):
+    """:func:`_profile_shared` from ``u0 + shift`` for every shift; the best per site."""
+    us, fs = lax.map(lambda d: _profile_shared(phi, u0 + d, tips, problem, steps), shifts)
+    best = jnp.argmax(fs, axis=0)
+    return (jnp.take_along_axis(us, best[None], 0)[0], jnp.take_along_axis(fs, best[None], 0)[0])
+
+
 def _fast_driver(tips, problem, grid, null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps):
     """The whole fast path in one compiled function (see :func:`fit_sites_fast`)."""
     site_count = tips.shape[0]
     half_pi = math.pi / 2
     # Null: phi = pi/4 (alpha = beta = r / sqrt 2), one eigensystem for all sites.
-    u_null, f_null = _profile_shared(jnp.asarray(math.pi / 4), jnp.zeros(site_count), tips, problem,
-                                     null_steps)  # fmt: skip
+    # (multi-start in r: the profile in r can have a local maximum, e.g. with synonymous-only
+    # variation needing two changes; keep the best of starts r = e^-2, 1, e^2, e^4)
+    u_null, f_null = _multistart(jnp.asarray(math.pi / 4), jnp.zeros(site_count),
+                                 jnp.array([-2.0, 0.0, 2.0, 4.0]), tips, problem, null_steps)  # fmt: skip
     # Profile on a grid of angles phi = atan(omega), omega = beta / alpha log-spaced (grid[0] = 0
     # and grid[-1] = pi/2 are the beta = 0 and alpha = 0 boundaries; the middle point is the null);
     # each grid point's eigensystem is shared by all sites, and r is warm-started from the
@@ -266,8 +275,9 @@ def _fast_driver(tips, problem, grid, null_steps, grid_steps, boundary_steps, re
     up_u, up_f = scan_from(grid[mid + 1 :])
     down_u, down_f = scan_from(grid[:mid][::-1])
     # the two boundary points (beta = 0, alpha = 0) are candidates in their own right: converge r
-    u_lo, f_lo = _profile_shared(grid[0], down_u[-1], tips, problem, boundary_steps)
-    u_hi, f_hi = _profile_shared(grid[-1], up_u[-1], tips, problem, boundary_steps)
+    shifts = jnp.array([0.0, -2.0, 2.0, 4.0])
+    u_lo, f_lo = _multistart(grid[0], down_u[-1], shifts, tips, problem, boundary_steps)
+    u_hi, f_hi = _multistart(grid[-1], up_u[-1], shifts, tips, problem, boundary_steps)
     grid_u = jnp.concatenate([u_lo[None], down_u[:-1][::-1], u_null[None], up_u[:-1], u_hi[None]]).T
     grid_f = jnp.concatenate([f_lo[None], down_f[:-1][::-1], f_null[None], up_f[:-1], f_hi[None]]).T
     # refinement coordinate: s = log omega on the interior points; the two boundary points are
@@ -333,7 +343,7 @@ _FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7))
 
 
 def fit_sites_fast(problem: SiteProblem, tips, *, grid_size: int = 25, omega_range: float = 1e4,
-                   refine_rounds: int = 4, null_steps: int = 12, grid_steps: int = 3,
+                   refine_rounds: int = 4, null_steps: int = 8, grid_steps: int = 3,
                    boundary_steps: int = 6, refine_steps: int = 3) -> SiteFits:  # fmt: skip
     """Fast path (no nuisance, srv Yes). ``tips``: ``[site, taxon, state]``. Returns SiteFits.
 
