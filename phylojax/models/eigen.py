@@ -77,8 +77,18 @@ def _divided_differences(lam: Array, t: Array) -> Array:
 
 @jax.custom_jvp
 def _sym_expm(sym: Array, lam: Array, u: Array, t: Array) -> Array:
-    """``exp(sym * t)`` for every ``t`` (any shape), given ``sym = u diag(lam) u^T``."""
-    return jnp.einsum("ik,...k,jk->...ij", u, jnp.exp(lam * t[..., None]), u)
+    """``exp(sym * t)`` for every ``t`` (any shape), given ``sym = u diag(lam) u^T``.
+
+    Written as ``I + u diag(expm1(lam t)) u^T`` (``u`` is orthogonal): the off-diagonal entries of
+    P for very short branches keep full relative precision, which float32 needs (with ``exp``
+    they round to zero at t ~ 1e-8 and conflicting sister tips give lnL = -inf).
+    """
+    return _expm_from_eigen(lam, u, t)
+
+
+def _expm_from_eigen(lam, u, t):
+    eye = jnp.eye(lam.shape[-1], dtype=lam.dtype)
+    return eye + jnp.einsum("ik,...k,jk->...ij", u, jnp.expm1(lam * t[..., None]), u)
 
 
 @_sym_expm.defjvp
@@ -86,7 +96,7 @@ def _sym_expm_jvp(primals, tangents):
     sym, lam, u, t = primals
     dsym, _, _, dt = tangents  # lam and u are stop_gradient'ed: their tangents are zero
     exp_lt = jnp.exp(lam * t[..., None])
-    out = jnp.einsum("ik,...k,jk->...ij", u, exp_lt, u)
+    out = _expm_from_eigen(lam, u, t)
     # d/dt exp(S t) = U diag(lam e^{lam t}) U^T
     d_out = jnp.einsum("ik,...k,jk->...ij", u, lam * exp_lt, u) * dt[..., None, None]
     # Daleckii-Krein for the matrix argument.
