@@ -497,6 +497,10 @@ def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iteration
     fit = _GENERAL
     results = {}
     for kind, dim in ((null_kind, null_dim), (alt_kind, alt_dim)):
+        if dim == 0:  # alpha = beta = 1 (srv No null, no nuisance): one evaluation, no fit
+            # (zero-size parameter arrays made XLA:CPU hang here)
+            results[kind] = (np.zeros((site_count, 0)), np.asarray(_UNIT_RATES(tips, problem)))
+            continue
         starts = jnp.asarray(_grid(dim, kind))
         xs, fs = [], []
         for lo in range(0, site_count, chunk):
@@ -531,3 +535,15 @@ def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iteration
 
 
 _GENERAL = jax.jit(_general_fit, static_argnums=(3, 4))
+
+
+@jax.jit
+def _unit_rates(tips, problem):
+    """Site log-likelihoods at alpha = beta = 1 (phi = pi/4, r = sqrt 2)."""
+    q = jnp.asarray(math.pi / 4)
+    eig = _eig(problem, jnp.cos(q), jnp.sin(q))
+    u = jnp.full((tips.shape[0], 1), 0.5 * math.log(2.0))
+    return _batch_loglik(u, tips, problem, eig, True)[:, 0]
+
+
+_UNIT_RATES = _unit_rates
