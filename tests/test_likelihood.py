@@ -1,5 +1,6 @@
 """The pruning engine against IQ-TREE 2, brute-force sums and its own invariants."""
 
+import functools
 import itertools
 import pathlib
 
@@ -182,13 +183,16 @@ def test_branch_derivatives_match_autodiff(sim7):
     def along(node, t):
         return log_likelihood(sim7.data, bl.at[node].set(t), model, rates)
 
+    value = jax.jit(along)
+    first = jax.jit(jax.grad(along, argnums=1))
+    second = jax.jit(jax.grad(jax.grad(along, argnums=1), argnums=1))
+    derivatives = jax.jit(branch_derivatives)
     for node in (0, 3, 8):
-        lnl, d1, d2 = branch_derivatives(sim7.data, bl, model, rates, node)
+        lnl, d1, d2 = derivatives(sim7.data, bl, model, rates, node)
         t = bl[node]
-        np.testing.assert_allclose(lnl, along(node, t), rtol=1e-12)
-        np.testing.assert_allclose(d1, jax.grad(along, argnums=1)(node, t), rtol=1e-8)
-        np.testing.assert_allclose(d2, jax.grad(jax.grad(along, argnums=1), argnums=1)(node, t),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(lnl, value(node, t), rtol=1e-12)
+        np.testing.assert_allclose(d1, first(node, t), rtol=1e-8)
+        np.testing.assert_allclose(d2, second(node, t), rtol=1e-6)
 
 
 def test_ancestral_states_match_brute_force_posterior():
@@ -245,30 +249,35 @@ def test_same_size_tree_does_not_retrace():
     assert len(set(values)) == 3
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
-@pytest.mark.parametrize("length", [1e-8, 0.5, 20.0])
-def test_ten_thousand_taxa_stay_finite(dtype, length):
-    """Underflow is prevented by design: 10,000 tips, extreme branch lengths, float32 too."""
+@functools.cache
+def _ten_thousand_taxon_topology():
     rng = np.random.default_rng(7)
     n = 10_000
-    parents = list(range(n))
-    children = [[] for _ in range(n)] + []
-    # random binary tree by successive merging, as child lists
-    pool = list(range(n))
+    children = [[] for _ in range(n)]
+    pool = list(range(n))  # random binary tree by successive merging, as child lists
     while len(pool) > 1:
-        i, j = rng.choice(len(pool), 2, replace=False)
-        a, b = pool[i], pool[j]
-        children.append([a, b])
-        new = len(children) - 1
-        pool = [x for k, x in enumerate(pool) if k not in (i, j)] + [new]
-    del parents
+        i, j = sorted(rng.choice(len(pool), 2, replace=False))
+        children.append([pool[i], pool[j]])
+        pool[i] = len(children) - 1
+        pool.pop(j)
     from phylojax.tree import Tree
 
     names = [f"t{i}" for i in range(n)] + [None] * (len(children) - n)
     tree = Tree.from_children(children, len(children) - 1, names=names,
-                              branch_lengths=[length] * len(children))
-    topo = build_topology(tree)
+                              branch_lengths=[0.1] * len(children))
+    return build_topology(tree)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dtype,length",
+    [(jnp.float32, 1e-8), (jnp.float32, 20.0), (jnp.float64, 1e-8), (jnp.float64, 0.5)],
+)
+def test_ten_thousand_taxa_stay_finite(dtype, length):
+    """Underflow is prevented by design: 10,000 tips, extreme branch lengths, float32 too."""
+    rng = np.random.default_rng(7)
+    n = 10_000
+    topo = _ten_thousand_taxon_topology()
     tips = np.eye(4)[rng.integers(0, 4, size=(n, 64))]
     tips[:, :4] = 1.0  # a few all-missing columns
     data = make_data(tips, np.ones(64), topo)
