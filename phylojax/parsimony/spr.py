@@ -318,17 +318,24 @@ def ancestor_table(parents: np.ndarray, sources: np.ndarray, sink: int, path: in
     return out
 
 
-def source_blocks(
-    parents: np.ndarray, arrays: TreeArrays, batch: int = 64, sources=None, path: int = 0
-):
-    """Sources (every non-root node unless given) and their ancestor tables, as padded blocks."""
-    parents = np.asarray(parents)
+def _sources_and_path(parents, arrays: TreeArrays, sources, path: int):
+    """Sources as int32 (every non-root node unless given), the sink node, and the ancestor-table
+    width (at least the tree depth, rounded up to a multiple of 8 so few shapes are compiled)."""
     if sources is None:
         sources = np.flatnonzero(parents >= 0)
     sources = np.asarray(sources, dtype=np.int32)
     sink = arrays.parents.shape[0] - 1
     depth = np.asarray(arrays.depth)
     path = max(path, int(-(-max(int(depth.max()), 1) // 8) * 8))
+    return sources, sink, path
+
+
+def source_blocks(
+    parents: np.ndarray, arrays: TreeArrays, batch: int = 64, sources=None, path: int = 0
+):
+    """Sources (every non-root node unless given) and their ancestor tables, as padded blocks."""
+    parents = np.asarray(parents)
+    sources, sink, path = _sources_and_path(parents, arrays, sources, path)
     n_chunks = -(-max(len(sources), 1) // batch)
     padded = np.full(n_chunks * batch, sources[0] if len(sources) else 0, dtype=np.int32)
     padded[: len(sources)] = sources
@@ -355,12 +362,7 @@ def score_moves(parents, arrays: TreeArrays, state: PassState, *, batch=64, sour
     Returns ``(sources, delta, dist, lca, inside)``, the last four ``[len(sources), n2]``.
     """
     parents = np.asarray(parents)
-    if sources is None:
-        sources = np.flatnonzero(parents >= 0)
-    sources = np.asarray(sources, dtype=np.int32)
-    sink = arrays.parents.shape[0] - 1
-    depth = np.asarray(arrays.depth)
-    path = max(path, int(-(-max(int(depth.max()), 1) // 8) * 8))
+    sources, sink, path = _sources_and_path(parents, arrays, sources, path)
     anc = ancestor_table(parents, sources, sink, path)
     if words is not None and words < state.packed.shape[-1]:
         padded = _round_chunks(len(sources), batch) * batch
