@@ -8,11 +8,11 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import shared_or_skip
 
 from phylojax.errors import InputError
 from phylojax.io import parse_newick, read_alignment
 from phylojax.models.codon import codon_frequencies, mg94_parts
-from phylojax.alphabets import nucleotide_partials
 from phylojax.selection.fel import chi2_1_sf, fel, prepare_partitions, select_branches
 from phylojax.selection.site_fits import SiteProblem, fit_sites_fast
 
@@ -187,3 +187,182 @@ def test_partitions_follow_hyphy_codon_assignment():
     assert [len(p.columns) for p in parts] == [196, 164, 137, 67, 333]
     assert [int(p.columns[0]) for p in parts] == [0, 196, 360, 497, 564]
     assert all(p.tree.leaf_count == 13 for p in parts)
+
+
+# --------------------------------------------------------------------------- global lnL vs HyPhy
+def _hyphy_rate_frequencies(lf: str) -> np.ndarray:
+    """HyPhy's CF3x4 ``n_k(x)`` read back from the Q entries of its exported likelihood function
+    (``model_MGREV_Q[i][j]:=<n>*alpha|beta*theta``: the factor is ``n_k(y)`` of the changed
+    position ``k`` and target base ``y``)."""
+    import re
+
+    from phylojax.models.codon import codon_index_arrays
+
+    idx = codon_index_arrays(1)
+    n = np.full((3, 4), np.nan)
+    for m in re.finditer(r"model_MGREV_Q\[(\d+)\]\[(\d+)\]:=([0-9.eE+-]+)\*", lf):
+        ci, cj = idx[int(m.group(1))], idx[int(m.group(2))]
+        k = int(np.flatnonzero(ci != cj)[0])
+        n[k, cj[k]] = float(m.group(3))
+    assert np.isfinite(n).all()
+    return n
+
+
+def _loglik_at_hyphy_mle(aln_path, fits_path, rate_frequencies=None):
+    """Our MG94xREV lnL at HyPhy's global MLEs (theta, omega, every t_b) and, unless given, our
+    exact CF3x4 frequencies. Returns ``(ours, hyphy_logl, hyphy_n, exact_n)``."""
+    from phylojax.models.codon import cf3x4
+    from phylojax.selection.global_fits import _codon_loglik
+
+    doc = json.loads(pathlib.Path(fits_path).read_text())
+    fits = doc["Full-MG94"]
+    glob = fits["global"]
+    theta = [glob[f"Substitution rate from nucleotide {a} to nucleotide {b}"]["MLE"]
+             for a, b in ["AC", "AG", "AT", "CG", "CT", "GT"]]  # fmt: skip
+    (omega,) = [v["MLE"] for k, v in glob.items() if "rate ratio" in k]
+    parts, _, counts = prepare_partitions(read_alignment(aln_path))
+    exact = cf3x4(counts / counts.sum(1, keepdims=True))
+    times_list = []
+    for k, part in enumerate(parts):
+        tree = fits["Trees"][k]
+        href = parse_newick((tree if isinstance(tree, str) else tree[0]) + ";")
+        names = {s: href.names[i] for i, s in enumerate(_splits(href))}
+        lengths = fits["branch length"][str(k)]
+        times = np.zeros(part.binary.node_count)
+        for i, s in enumerate(_splits(part.binary)[:-1]):
+            if part.source_nodes[i] >= 0 and s in names and names[s] in lengths:
+                times[i] = lengths[names[s]]["synonymous rate"]["MLE"]
+        times_list.append(jnp.asarray(times))
+    hyphy_n = _hyphy_rate_frequencies(doc["Full-MG94-LF"])
+    g = exact if rate_frequencies is None else rate_frequencies
+    value = _codon_loglik(jnp.asarray(theta), jnp.array([omega, omega]), times_list,
+                          [p.data.codon for p in parts], [jnp.asarray(p.data.background) for p in parts],
+                          jnp.asarray(g), 1, False)  # fmt: skip
+    return float(value), fits["LogL"], hyphy_n, exact
+
+
+_SETS = {"CD2": "CD2.nex", "HepatitisD": "HepatitisD.nex", "p51": "p51.nex",
+         "Bacterial_PTS": "Bacterial_PTS_trehalose_transporter_suIII.nex",
+         "yokoyama_rh1": "yokoyama.rh1.cds.mod.1-990.nex", "rbp3": "rbp3.nex"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_SETS))
+def test_global_lnl_gap_is_hyphys_loose_cf3x4(name):
+    """Why our global MG94xREV lnL is below HyPhy's on HepatitisD (-0.016), yokoyama_rh1 (-0.038)
+    and rbp3 (-0.29) while equal or above on the others: HyPhy solves the CF3x4 equations by a
+    loose numerical optimisation (its ``n`` reproduce the observed position frequencies only to
+    ~4e-4), DESIGN.md asks for the exact solution, and the two are different models. With HyPhy's
+    own ``n`` our likelihood at HyPhy's MLEs equals HyPhy's to 1e-8 on every data set, so the
+    likelihood engine and model are identical and the difference is the frequencies alone."""
+    from phylojax.models.codon import implied_position_frequencies
+
+    local = HERE / _SETS[name]
+    aln = local if local.exists() else shared_or_skip("hyphy", _SETS[name])
+    fits = REF / f"{name}.intermediate-fits.json"
+    if not fits.exists():
+        fits = shared_or_skip("hyphy", "reference", f"{name}.intermediate-fits.json")
+    exact_ll, hyphy_ll, hyphy_n, exact = _loglik_at_hyphy_mle(aln, fits)
+    with_hyphy_n, *_ = _loglik_at_hyphy_mle(aln, fits, rate_frequencies=hyphy_n)
+    assert with_hyphy_n == pytest.approx(hyphy_ll, abs=1e-6)
+    # ours solve CF3x4 exactly; HyPhy's miss the observed position frequencies by far more
+    _, _, counts = prepare_partitions(read_alignment(aln))
+    observed = counts / counts.sum(1, keepdims=True)
+    assert np.abs(implied_position_frequencies(exact, 1) - observed).max() < 1e-12
+    assert np.abs(implied_position_frequencies(hyphy_n, 1) - observed).max() > 1e-5
+    gap = exact_ll - hyphy_ll
+    expected = {"CD2": 0.0021, "HepatitisD": -0.0159, "p51": 0.0042, "Bacterial_PTS": 0.0330,
+                "yokoyama_rh1": -0.0379, "rbp3": -0.2913}[name]  # fmt: skip
+    assert gap == pytest.approx(expected, abs=2e-4)
+
+
+@pytest.mark.slow
+def test_global_fit_with_hyphys_frequencies_reaches_hyphys_optimum():
+    """HepatitisD: with HyPhy's CF3x4 ``n`` our global fit reaches HyPhy's lnL (the optimiser is
+    not the cause of the gap); with the exact ``n`` it reaches at least our likelihood at HyPhy's
+    MLEs."""
+    from phylojax.selection.global_fits import fit_global
+
+    aln = read_alignment(HERE / "HepatitisD.nex")
+    fits = REF / "HepatitisD.intermediate-fits.json"
+    exact_ll, hyphy_ll, hyphy_n, exact = _loglik_at_hyphy_mle(HERE / "HepatitisD.nex", fits)
+    parts, nuc_pi, _ = prepare_partitions(aln)
+    data = [p.data for p in parts]
+    assert fit_global(data, nuc_pi, hyphy_n).loglik >= hyphy_ll - 0.01
+    assert fit_global(data, nuc_pi, exact).loglik >= exact_ll - 1e-3
+
+
+def _site_problem_from_hyphy(fits_name, branches):
+    """CD2's site-stage problem with HyPhy's own global fit (theta, t_b, CF3x4 n)."""
+    from phylojax.selection.site_fits import SiteProblem
+
+    doc = json.loads((REF / fits_name).read_text())
+    fits = doc["Full-MG94"]
+    glob = fits["global"]
+    theta = [glob[f"Substitution rate from nucleotide {a} to nucleotide {b}"]["MLE"]
+             for a, b in ["AC", "AG", "AT", "CG", "CT", "GT"]]  # fmt: skip
+    n = _hyphy_rate_frequencies(doc["Full-MG94-LF"])
+    r_s, r_n, pi = mg94_parts(np.array(theta), n)
+    (part,), _, _ = prepare_partitions(read_alignment(HERE / "CD2.nex"), str(HERE / "CD2.annotated.nwk"),
+                                       branches=branches)  # fmt: skip
+    tree = fits["Trees"][0]
+    href = parse_newick((tree if isinstance(tree, str) else tree[0]) + ";")
+    names = {s: href.names[i] for i, s in enumerate(_splits(href))}
+    times = np.zeros(part.binary.node_count)
+    for i, s in enumerate(_splits(part.binary)[:-1]):
+        if part.source_nodes[i] >= 0 and s in names and names[s] in fits["branch length"]["0"]:
+            times[i] = fits["branch length"]["0"][names[s]]["synonymous rate"]["MLE"]
+    problem = SiteProblem(r_s, r_n, pi, jnp.asarray(times), jnp.asarray(part.data.background),
+                          jnp.asarray(part.data.codon.operations),
+                          has_background=bool(np.any(part.data.background & (times > 0))))  # fmt: skip
+    tips = np.moveaxis(np.asarray(part.data.codon.tip_partials), 2, 0)
+    return problem, tips, part
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["branchesInternal", "srvNo"])
+def test_general_site_path_against_hyphy(case):
+    """The general site path (nuisance beta on background branches; --srv No) with HyPhy's own
+    global fit, on CD2's first 48 (--srv No: 24) variable codons: the same alternative MLEs as HyPhy and an LRT
+    never worse than HyPhy's beyond its optimiser's tolerance. (--srv No: HyPhy 2.5.47's null is
+    not nested -- it leaves alpha free -- so only the alternative is comparable there; ours is the
+    nested null alpha = beta = 1, DESIGN.md §3.)"""
+    from phylojax.selection.site_general import fit_sites_general
+
+    if case == "branchesInternal":
+        problem, tips, part = _site_problem_from_hyphy("CD2.internal.intermediate-fits.json", "Internal")
+        srv = True
+        assert problem.has_background
+    else:
+        problem, tips, part = _site_problem_from_hyphy("CD2.intermediate-fits.json", "All")
+        srv = False
+    ref, _ = _rows(f"CD2.{case}.FEL.json")
+    site = part.codon_patterns.site_to_pattern
+    const = tips.prod(axis=1).sum(-1) > 0
+    codons = np.array([c for c in range(len(site)) if not const[site[c]]][: 48 if srv else 24])
+    fits = fit_sites_general(problem, tips[site[codons]], srv=srv)
+    assert np.all(np.isfinite(fits.alt_loglik)) and np.all(fits.alt_loglik >= fits.null_loglik)
+    if srv:
+        # alternative MLEs: HyPhy's Nelder-Mead agrees to its precision (or stalls on a boundary)
+        close = np.isclose(fits.beta, ref[codons, 1], rtol=0.02, atol=0.02)
+        assert close.mean() > 0.9
+        np.testing.assert_allclose(fits.alpha[close], ref[codons, 0][close], rtol=0.05, atol=0.02)
+        delta = fits.lrt - ref[codons, 3]
+        assert delta.min() > -0.05
+        assert np.median(np.abs(delta)) < 1e-3
+        assert np.array_equal(chi2_1_sf(fits.lrt) <= 0.1, ref[codons, 4] <= 0.1)
+    else:
+        # HyPhy 2.5.47's --srv No rows are not MLEs (beta like 14, 7/3, 3/2 at alpha = 1): oracle
+        # is a bounded scalar maximisation (scipy) of the same site likelihood in beta
+        from scipy.optimize import minimize_scalar
+
+        from phylojax.selection.site_general import _loglik_raw
+
+        assert np.all(fits.alpha == 1.0) and np.all(fits.null_rate == 1.0)
+        import jax
+
+        loglik = jax.jit(lambda b, t: _loglik_raw(b, t, problem, (False, False, False)))
+        for i in range(0, len(codons), 4):
+            tip = jnp.asarray(tips[site[codons[i]]])
+            res = minimize_scalar(lambda b, tip=tip: -float(loglik(jnp.array([b]), tip)),
+                                  bounds=(0.0, 200.0), method="bounded", options={"xatol": 1e-7})  # fmt: skip
+            assert fits.alt_loglik[i] >= -res.fun - 1e-6

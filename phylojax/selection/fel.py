@@ -24,7 +24,8 @@ from ..models.codon import codon_frequencies, expected_rate, mg94_parts, positio
 from ..patterns import compress
 from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, fit_global
-from .site_fits import SiteFits, SiteProblem, fit_sites_fast, fit_sites_general, profile_dnds
+from .site_fits import SiteFits, SiteProblem, fit_sites_fast, profile_dnds
+from .site_general import fit_sites_general
 
 CHI2_HALF = 1.920729410347062  # chi2_1 0.95 quantile / 2
 
@@ -204,8 +205,14 @@ def fel(
     resample: int = 0,
     seed: int = 0,
     stage=None,
+    rate_frequencies=None,
 ) -> FelResult:
-    """Run FEL. ``stage(desc)`` is an optional context-manager factory for progress display."""
+    """Run FEL. ``stage(desc)`` is an optional context-manager factory for progress display.
+
+    ``rate_frequencies``: optional ``[3, 4]`` corrected position frequencies ``n_k(x)`` used
+    instead of solving CF3x4 exactly from the data -- e.g. HyPhy's own (loosely solved) values,
+    read from its ``--intermediate-fits`` export, to reproduce HyPhy's global lnL to 1e-10.
+    """
     import contextlib
 
     stage = stage or (lambda desc: contextlib.nullcontext())
@@ -213,6 +220,8 @@ def fel(
     t0 = time.perf_counter()
     parts, nuc_pi, counts = prepare_partitions(aln, tree_path, code=code, branches=branches)
     _, g = codon_frequencies(counts, "CF3X4", code)
+    if rate_frequencies is not None:
+        g = np.asarray(rate_frequencies, dtype=np.float64).reshape(3, 4)
     with stage("Global fits (GTR, MG94xREV)"):
         gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code)
     timers["Model fitting"] = time.perf_counter() - t0

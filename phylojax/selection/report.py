@@ -59,7 +59,7 @@ def to_json(result: FelResult, *, file_name: str = "", sequences: int = 0) -> di
     gtr_k = branch_count + 5 + 3
     mg_k = branch_count + 5 + len(np.unique(g.omega[: 2 if _has_background(result) else 1]))
     rates = {}
-    for (i, a), (j, b) in [((0, "A"), (1, "C")), ((0, "A"), (2, "G")), ((0, "A"), (3, "T")),
+    for (_i, a), (_j, b) in [((0, "A"), (1, "C")), ((0, "A"), (2, "G")), ((0, "A"), (3, "T")),
                            ((1, "C"), (2, "G")), ((1, "C"), (3, "T")), ((2, "G"), (3, "T"))]:  # fmt: skip
         k = ["AC", "AG", "AT", "CG", "CT", "GT"].index(a + b)
         rates[f"Substitution rate from nucleotide {a} to nucleotide {b}"] = float(g.gtr_rates[k])

@@ -16,11 +16,8 @@ symmetric eigensystem. Two optimisers:
   and round. The best evaluated point is reported, so boundaries are ordinary candidates and
   nothing stalls there. The null is ``phi = pi/4``: one eigensystem for all sites. The whole path
   is one jitted function (compiled once per problem shape).
-* **General path** (nuisance ``beta`` on background branches, ``--srv No``): projected Newton in
-  the raw bounded parameters with exact gradients through
-  :func:`~phylojax.models.eigen.transition_probs` (Daleckii–Krein JVP, finite at the repeated
-  eigenvalues that appear on the boundaries), a finite-difference Hessian of the exact gradient,
-  and a multi-step line search; started from the best point of a small grid.
+* **General path** (nuisance ``beta`` on background branches, ``--srv No``): see
+  :mod:`.site_general` (grid start on shared eigensystems, then optax L-BFGS per site).
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float
 
-from ..models.eigen import eigensystem, transition_probs
+from ..models.eigen import eigensystem
 
 UPPER = 10000.0  # HyPhy's bound on every rate parameter
 _U_MIN, _U_MAX = math.log(1e-9), math.log(UPPER * math.sqrt(2.0))
@@ -391,159 +388,3 @@ def profile_dnds(problem: SiteProblem, tips, phi, u0, steps: int = 6):
     return _PER_SITE(
         jnp.asarray(phi), jnp.asarray(u0), jnp.asarray(tips), problem, steps
     )
-
-
-# --------------------------------------------------------------------------- general path
-def _rates(x, kind: str):
-    """Map free parameters to ``(alpha, beta_test, beta_background)``."""
-    one = jnp.ones((), x.dtype)
-    return {
-        "alt": lambda: (x[0], x[1], x[2] if x.shape[0] > 2 else x[1]),
-        "null": lambda: (x[0], x[0], x[1] if x.shape[0] > 1 else x[0]),
-        "alt_fixed_alpha": lambda: (one, x[0], x[1] if x.shape[0] > 1 else x[0]),
-        "null_fixed_alpha": lambda: (one, one, x[0] if x.shape[0] > 0 else one),
-    }[kind]()
-
-
-def _general_loglik(x, tips, problem, kind):
-    alpha, beta, beta_bg = _rates(x, kind)
-    times = jnp.asarray(problem.times)
-    pi = jnp.asarray(problem.frequencies)
-
-    def probs(a, b):
-        m = a * jnp.asarray(problem.syn) + b * jnp.asarray(problem.nonsyn)
-        q = m * pi[None, :]
-        q = q - jnp.diag(q.sum(1))
-        return transition_probs(eigensystem(q, pi), times)
-
-    p = probs(alpha, beta)
-    if problem.has_background:
-        p = jnp.where(jnp.asarray(problem.background)[:, None, None], probs(alpha, beta_bg), p)
-
-    def top(n, v):
-        return p[n] @ v
-
-    return site_log_likelihood(tips, jnp.asarray(problem.operations), top, pi)
-
-
-def _projected_newton(x0, tips, problem, kind, iterations: int):
-    dim = x0.shape[0]
-
-    def f(x):
-        return _general_loglik(x, tips, problem, kind)
-
-    if dim == 0:  # nothing free (--srv No null without nuisance: alpha = beta = 1)
-        return x0, f(x0)
-    grad = jax.jacfwd(f)
-    eye = jnp.eye(dim)
-    steps = jnp.array([1.0, 0.5, 0.2, 0.05, 0.01])
-
-    def body(_, state):
-        x, fx = state
-        g = grad(x)
-        h_step = 1e-5 * jnp.maximum(x, 1e-2)
-        cols = []
-        for i in range(dim):
-            e = eye[i] * h_step[i]
-            up = jnp.minimum(x + e, UPPER)
-            cols.append((grad(up) - g) / (up[i] - x[i]))
-        hess = jnp.stack(cols, 1)
-        hess = 0.5 * (hess + hess.T)
-        active = ((x <= 0) & (g < 0)) | ((x >= UPPER) & (g > 0))
-        free = ~active
-        neg = jnp.where(free[:, None] & free[None, :], -hess, eye)
-        w, vecs = jnp.linalg.eigh(neg)
-        w = jnp.maximum(w, 1e-8 * jnp.maximum(jnp.max(jnp.abs(w)), 1.0))
-        direction = vecs @ ((vecs.T @ jnp.where(free, g, 0.0)) / w)
-        direction = jnp.where(free, direction, 0.0)
-        cand = jnp.clip(x[None, :] + steps[:, None] * direction[None, :], 0.0, UPPER)
-        # also try the plain projected gradient step (helps far from the optimum)
-        vals = jax.vmap(f)(cand)
-        k = jnp.argmax(vals)
-        better = vals[k] > fx
-        return jnp.where(better, cand[k], x), jnp.where(better, vals[k], fx)
-
-    return lax.fori_loop(0, iterations, body, (x0, f(x0)))
-
-
-def _general_fit(tips, starts, problem, kind, iterations):
-    def one(t):
-        vals = jax.vmap(lambda s: _general_loglik(s, t, problem, kind))(starts)
-        x0 = starts[jnp.argmax(vals)]
-        return _projected_newton(x0, t, problem, kind, iterations)
-
-    return jax.vmap(one)(tips)
-
-
-def _grid(dim, kind):
-    base = np.array([0.0, 0.2, 0.6, 1.2, 2.5, 6.0])
-    if dim == 0:
-        return np.zeros((1, 0))
-    mesh = np.stack(np.meshgrid(*([base] * dim), indexing="ij"), -1).reshape(-1, dim)
-    if kind in ("alt", "null"):
-        mesh = mesh[mesh[:, 0] > 0] if dim == 1 else mesh
-    return mesh
-
-
-def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iterations: int = 25,
-                      chunk: int = 64) -> SiteFits:  # fmt: skip
-    """General path (nuisance beta on background branches and/or ``srv`` off)."""
-    tips = jnp.asarray(tips)
-    site_count = tips.shape[0]
-    nuis = problem.has_background
-    alt_kind, null_kind = ("alt", "null") if srv else ("alt_fixed_alpha", "null_fixed_alpha")
-    alt_dim = (2 if srv else 1) + int(nuis)
-    null_dim = (1 if srv else 0) + int(nuis)
-    fit = _GENERAL
-    results = {}
-    for kind, dim in ((null_kind, null_dim), (alt_kind, alt_dim)):
-        if dim == 0:  # alpha = beta = 1 (srv No null, no nuisance): one evaluation, no fit
-            # (zero-size parameter arrays made XLA:CPU hang here)
-            results[kind] = (np.zeros((site_count, 0)), np.asarray(_UNIT_RATES(tips, problem)))
-            continue
-        starts = jnp.asarray(_grid(dim, kind))
-        xs, fs = [], []
-        for lo in range(0, site_count, chunk):
-            part = tips[lo : lo + chunk]
-            pad = chunk - part.shape[0]
-            if pad:
-                part = jnp.concatenate([part, jnp.repeat(part[:1], pad, 0)])
-            x, fv = fit(part, starts, problem, kind, iterations if dim else 0)
-            xs.append(np.asarray(x)[: chunk - pad])
-            fs.append(np.asarray(fv)[: chunk - pad])
-        results[kind] = (np.concatenate(xs), np.concatenate(fs))
-    xa, fa = results[alt_kind]
-    x0, f0 = results[null_kind]
-    null_as_alt = {
-        "alt": lambda: np.column_stack([x0[:, 0], x0[:, 0]] + ([x0[:, 1]] if nuis else [])),
-        "alt_fixed_alpha": lambda: np.column_stack([np.ones(site_count)] + ([x0[:, 0]] if nuis else [])),
-    }[alt_kind]()  # fmt: skip
-    use_null = f0 > fa
-    xa = np.where(use_null[:, None], null_as_alt, xa)
-    fa = np.maximum(fa, f0)
-    if srv:
-        alpha, beta = xa[:, 0], xa[:, 1]
-        beta_bg = xa[:, 2] if nuis else np.full(site_count, np.nan)
-        null_rate = x0[:, 0]
-        null_bg = x0[:, 1] if nuis else np.full(site_count, np.nan)
-    else:
-        alpha, beta = np.ones(site_count), xa[:, 0]
-        beta_bg = xa[:, 1] if nuis else np.full(site_count, np.nan)
-        null_rate = np.ones(site_count)
-        null_bg = x0[:, 0] if nuis else np.full(site_count, np.nan)
-    return SiteFits(alpha, beta, beta_bg, null_rate, null_bg, fa, f0)
-
-
-_GENERAL = jax.jit(_general_fit, static_argnums=(3, 4))
-
-
-@jax.jit
-def _unit_rates(tips, problem):
-    """Site log-likelihoods at alpha = beta = 1 (phi = pi/4, r = sqrt 2)."""
-    q = jnp.asarray(math.pi / 4)
-    eig = _eig(problem, jnp.cos(q), jnp.sin(q))
-    u = jnp.full((tips.shape[0], 1), 0.5 * math.log(2.0))
-    return _batch_loglik(u, tips, problem, eig, True)[:, 0]
-
-
-_UNIT_RATES = _unit_rates
