@@ -41,6 +41,20 @@ def _splits(tree):
     return [s if anchor not in s else everything - s for s in leaves]
 
 
+def _hyphy_times(fits, part, k=0):
+    """HyPhy's Full-MG94 branch parameters ``t_b`` on our binary tree of partition ``k`` (matched
+    by split; zero where the input tree has no branch)."""
+    tree = fits["Trees"][k]
+    href = parse_newick((tree if isinstance(tree, str) else tree[0]) + ";")
+    names = {s: href.names[i] for i, s in enumerate(_splits(href))}
+    lengths = fits["branch length"][str(k)]
+    times = np.zeros(part.binary.node_count)
+    for i, s in enumerate(_splits(part.binary)[:-1]):
+        if part.source_nodes[i] >= 0 and s in names and names[s] in lengths:
+            times[i] = lengths[names[s]]["synonymous rate"]["MLE"]
+    return times
+
+
 def test_chi2_sf():
     assert chi2_1_sf([3.841458820694124])[0] == pytest.approx(0.05, abs=1e-12)
     assert chi2_1_sf([0.0, -1.0]).tolist() == [1.0, 1.0]
@@ -95,13 +109,7 @@ def test_site_stage_against_hyphy_global_fit():
              for a, b in ["AC", "AG", "AT", "CG", "CT", "GT"]]  # fmt: skip
     _, g = codon_frequencies(counts, "CF3X4")
     r_s, r_n, pi = mg94_parts(np.array(theta), g)
-    href = parse_newick(fits["Trees"][0][0] + ";")
-    names = {s: href.names[i] for i, s in enumerate(_splits(href))}
-    lengths = fits["branch length"]["0"]
-    times = np.zeros(part.binary.node_count)
-    for i, s in enumerate(_splits(part.binary)[:-1]):
-        if part.source_nodes[i] >= 0 and s in names and names[s] in lengths:
-            times[i] = lengths[names[s]]["synonymous rate"]["MLE"]
+    times = _hyphy_times(fits, part)
     assert (times > 0).sum() == 15  # 16 branches, HUMAN's is 0
     problem = SiteProblem(r_s, r_n, pi, jnp.asarray(times), jnp.zeros(len(times), bool),
                           jnp.asarray(part.data.codon.operations))  # fmt: skip
@@ -222,17 +230,7 @@ def _loglik_at_hyphy_mle(aln_path, fits_path, rate_frequencies=None):
     (omega,) = [v["MLE"] for k, v in glob.items() if "rate ratio" in k]
     parts, _, counts = prepare_partitions(read_alignment(aln_path))
     exact = cf3x4(counts / counts.sum(1, keepdims=True))
-    times_list = []
-    for k, part in enumerate(parts):
-        tree = fits["Trees"][k]
-        href = parse_newick((tree if isinstance(tree, str) else tree[0]) + ";")
-        names = {s: href.names[i] for i, s in enumerate(_splits(href))}
-        lengths = fits["branch length"][str(k)]
-        times = np.zeros(part.binary.node_count)
-        for i, s in enumerate(_splits(part.binary)[:-1]):
-            if part.source_nodes[i] >= 0 and s in names and names[s] in lengths:
-                times[i] = lengths[names[s]]["synonymous rate"]["MLE"]
-        times_list.append(jnp.asarray(times))
+    times_list = [jnp.asarray(_hyphy_times(fits, part, k)) for k, part in enumerate(parts)]
     hyphy_n = _hyphy_rate_frequencies(doc["Full-MG94-LF"])
     g = exact if rate_frequencies is None else rate_frequencies
     value = _codon_loglik(jnp.asarray(theta), jnp.array([omega, omega]), times_list,
@@ -304,13 +302,7 @@ def _site_problem_from_hyphy(fits_name, branches):
     r_s, r_n, pi = mg94_parts(np.array(theta), n)
     (part,), _, _ = prepare_partitions(read_alignment(HERE / "CD2.nex"), str(HERE / "CD2.annotated.nwk"),
                                        branches=branches)  # fmt: skip
-    tree = fits["Trees"][0]
-    href = parse_newick((tree if isinstance(tree, str) else tree[0]) + ";")
-    names = {s: href.names[i] for i, s in enumerate(_splits(href))}
-    times = np.zeros(part.binary.node_count)
-    for i, s in enumerate(_splits(part.binary)[:-1]):
-        if part.source_nodes[i] >= 0 and s in names and names[s] in fits["branch length"]["0"]:
-            times[i] = fits["branch length"]["0"][names[s]]["synonymous rate"]["MLE"]
+    times = _hyphy_times(fits, part)
     problem = SiteProblem(r_s, r_n, pi, jnp.asarray(times), jnp.asarray(part.data.background),
                           jnp.asarray(part.data.codon.operations),
                           has_background=bool(np.any(part.data.background & (times > 0))))  # fmt: skip

@@ -32,7 +32,7 @@ import optax
 from jax import lax
 
 from ..models.eigen import _divided_differences
-from .site_fits import UPPER, SiteFits, SiteProblem
+from .site_fits import UPPER, SiteFits, SiteProblem, site_log_likelihood
 
 _X_MIN, _X_MAX = math.log(1e-10), math.log(UPPER)
 _SNAP = 1e-4  # rates below this are also tried at exactly 0
@@ -76,39 +76,19 @@ def _eigen(problem, a, b):
 
 def _site_loglik(tip, eigs, problem: SiteProblem):
     """Log-likelihood of one site; ``eigs`` = ``(lam, U, E)`` stacked ``[2, ...]`` for
-    (test, background) branches. Scaled pruning in the symmetric frame."""
+    (test, background) branches. Scaled pruning (:func:`.site_fits.site_log_likelihood`) with
+    ``P_n x = Pi^-1/2 U e^{lam t} U^T Pi^1/2 x``."""
     lam, u, e = eigs
     pi = jnp.asarray(problem.frequencies)
     sq = jnp.sqrt(pi)
     times = jnp.asarray(problem.times)
     which = jnp.asarray(problem.background).astype(jnp.int32)
-    ops = jnp.asarray(problem.operations)
-    leaf_count, state_count = tip.shape
-    op_count = ops.shape[0]
 
-    def top(n, x):  # P_n x = Pi^-1/2 U e^{lam t} U^T Pi^1/2 x
+    def top(n, x):
         k = which[n]
         return _apply(e[k], lam[k], u[k], times[n], sq * x) / sq
 
-    def fetch(inner, scalers, n):
-        is_tip = n < leaf_count
-        j = jnp.maximum(n - leaf_count, 0)
-        return (jnp.where(is_tip, tip[jnp.minimum(n, leaf_count - 1)], inner[j]),
-                jnp.where(is_tip, 0.0, scalers[j]))  # fmt: skip
-
-    def step(carry, op):
-        inner, scalers = carry
-        da, sa = fetch(inner, scalers, op[1])
-        db, sb = fetch(inner, scalers, op[2])
-        v = top(op[1], da) * top(op[2], db)
-        m = lax.stop_gradient(jnp.max(jnp.abs(v)))
-        safe = jnp.where(m > 0, m, 1.0)
-        i = op[0] - leaf_count
-        return (inner.at[i].set(v / safe), scalers.at[i].set(sa + sb + jnp.log(safe))), None
-
-    init = (jnp.zeros((op_count, state_count), tip.dtype), jnp.zeros(op_count, tip.dtype))
-    (inner, scalers), _ = lax.scan(step, init, ops)
-    return jnp.log(jnp.maximum(pi @ inner[-1], 1e-300)) + scalers[-1]
+    return site_log_likelihood(tip, jnp.asarray(problem.operations), top, pi)
 
 
 def _rates(x, srv: bool, nuisance: bool, null: bool):
