@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..likelihood.api import PhyloData, log_likelihood
 from ..models.codon import expected_rate, mg94_parts
@@ -34,8 +35,6 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
     Bounds are handled by L-BFGS-B's active set, so a branch that wants length 0 sits exactly at
     0 (a log parametrisation crawls there because its gradient vanishes).
     """
-    from scipy.optimize import minimize
-
     count = [0]
     bounds = list(zip(np.asarray(lower, float), np.asarray(upper, float)))
     x = np.clip(np.asarray(x0, float), lower, upper)
@@ -51,6 +50,17 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
             return 1e30, np.zeros_like(g)
         return -f * scale, -g * scale
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _restarted_lbfgsb(neg, x, f0, scale, bounds, lower, upper, max_steps,
+                                 max_restarts) + (count[0],)
+
+
+def _restarted_lbfgsb(neg, x, f0, scale, bounds, lower, upper, max_steps, max_restarts):
+    """L-BFGS-B restarted until a restart gains < 1e-7. Runs with one BLAS thread: scipy's
+    L-BFGS-B calls OpenBLAS between evaluations, and OpenBLAS's worker threads then spin on the
+    cores XLA is using (measured: 92 ms vs 57 ms per MG94 evaluation on rbp3, 2 cores)."""
+    from scipy.optimize import minimize
 
     best_x, best_f = x, f0
     lo, hi = np.asarray(lower, float), np.asarray(upper, float)
@@ -69,7 +79,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
         pg = np.where(((x <= lo) & (g < 0)) | ((x >= hi) & (g > 0)), 0.0, g)
         if gain < 1e-7 or np.max(np.abs(pg), initial=0.0) < 1e-3:
             break
-    return best_x, best_f, count[0]
+    return best_x, best_f
 
 
 @dataclasses.dataclass(frozen=True)
