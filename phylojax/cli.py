@@ -48,11 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enable_compilation_cache(jax) -> None:
+    """Keep XLA's compiled programs on disk between runs (JAX's persistent compilation cache),
+    so that only the first run of a given problem shape on a machine pays for compilation.
+
+    Directory: ``$PHYLOJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/phylojax/xla`` (``~/.cache``).
+    ``PHYLOJAX_CACHE_DIR=off`` disables it. A cache that cannot be created is skipped silently.
+    """
+    import os
+    import pathlib
+
+    where = os.environ.get("PHYLOJAX_CACHE_DIR")
+    if where is not None and where.strip().lower() in ("", "0", "off", "no", "none"):
+        return
+    if where is None:
+        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        where = pathlib.Path(base) / "phylojax" / "xla"
+    try:
+        pathlib.Path(where).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(where))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except (OSError, AttributeError):  # read-only home, or a JAX without the option
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     import jax
 
     # Every reported likelihood is float64 (DESIGN.md section 0).
     jax.config.update("jax_enable_x64", True)
+    _enable_compilation_cache(jax)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
