@@ -24,3 +24,36 @@ def test_codon_loglik_matches_codeml(capsys, data_dir):
     assert code == 0
     value = json.loads(capsys.readouterr().out)["log_likelihood"]
     assert value == pytest.approx(-2146.911494, abs=1e-6)
+
+
+def test_compilation_cache_setting(tmp_path, monkeypatch):
+    """The CLI points JAX's persistent compilation cache at PHYLOJAX_CACHE_DIR (or
+    ~/.cache/phylojax/xla) and leaves it alone with PHYLOJAX_CACHE_DIR=off."""
+    from phylojax.cli import _enable_compilation_cache
+
+    class Config:
+        def __init__(self):
+            self.values = {}
+
+        def update(self, key, value):
+            self.values[key] = value
+
+    class FakeJax:
+        config = Config()
+
+    fake = FakeJax()
+    monkeypatch.setenv("PHYLOJAX_CACHE_DIR", str(tmp_path / "xla"))
+    _enable_compilation_cache(fake)
+    assert fake.config.values["jax_compilation_cache_dir"] == str(tmp_path / "xla")
+    assert (tmp_path / "xla").is_dir()
+    off = FakeJax()
+    off.config = Config()
+    monkeypatch.setenv("PHYLOJAX_CACHE_DIR", "off")
+    _enable_compilation_cache(off)
+    assert off.config.values == {}
+    home = FakeJax()
+    home.config = Config()
+    monkeypatch.delenv("PHYLOJAX_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _enable_compilation_cache(home)
+    assert home.config.values["jax_compilation_cache_dir"] == str(tmp_path / "cache" / "phylojax" / "xla")
