@@ -227,7 +227,9 @@ def _profile_shared(phi, u0, tips, problem, steps, scan_grid: bool = False):
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
     if scan_grid:
-        grid = jnp.concatenate([u0[:, None], jnp.broadcast_to(jnp.asarray(_U_GRID), (u0.shape[0], len(_U_GRID)))], 1)
+        grid = jnp.concatenate(
+            [u0[:, None], jnp.broadcast_to(jnp.asarray(_U_GRID), (u0.shape[0], len(_U_GRID)))], 1
+        )
         f = _batch_loglik(grid, tip_w, problem, eig, True)
         u0 = jnp.take_along_axis(grid, jnp.argmax(f, axis=1)[:, None], 1)[:, 0]
     return _newton_log_scale(u0, tip_w, problem, eig, steps, True)
@@ -297,7 +299,9 @@ def _grid_point(phi, u, tips, problem):
     return jnp.clip(u + d, _U_MIN, _U_MAX), val, jnp.maximum(predicted, val)
 
 
-def _fast_driver(tips, problem, grid, null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps):
+def _fast_driver(
+    tips, problem, grid, null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps
+):
     """The whole fast path in one compiled function (see :func:`fit_sites_fast`)."""
     site_count = tips.shape[0]
     half_pi = math.pi / 2
@@ -452,6 +456,4 @@ _PER_SITE = jax.jit(_profile_per_site, static_argnums=(4,))
 
 def profile_dnds(problem: SiteProblem, tips, phi, u0, steps: int = 6):
     """Profile log-likelihood ``max_r`` at per-site angles ``phi`` (dN/dS = tan phi)."""
-    return _PER_SITE(
-        jnp.asarray(phi), jnp.asarray(u0), jnp.asarray(tips), problem, steps
-    )
+    return _PER_SITE(jnp.asarray(phi), jnp.asarray(u0), jnp.asarray(tips), problem, steps)
