@@ -198,17 +198,6 @@ def _codon_loglik(theta6, omega, times_list, codon, background, g, code, two_cla
 
 
 @functools.partial(jax.jit, static_argnames=("code", "two_class"))
-def _prop_value_and_grad(x, gtr_rates, gtr_lengths, codon, background, g, code, two_class):
-    def f(x):  # logarithms of (scale, omega...): smooth, and lnL never -inf inside the bounds
-        e = jnp.exp(x)
-        omega = e[1:3] if two_class else jnp.stack([e[1], e[1]])
-        return _codon_loglik(gtr_rates, omega, [e[0] * bl for bl in gtr_lengths], codon,
-                             background, g, code, two_class)  # fmt: skip
-
-    return jax.value_and_grad(f)(x)
-
-
-@functools.partial(jax.jit, static_argnames=("code", "two_class"))
 def _full_value_and_grad(x, free, codon, background, g, code, two_class):
     def f(x):
         k = 7 if two_class else 6
@@ -263,14 +252,26 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     gtr_rates = np.asarray(_theta6(x[:5]))
     gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
-    # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values.
+    def full_vg(x):
+        return _full_value_and_grad(x, free, codon, background, g, code, two_class)
+
+    # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values. Evaluated through
+    # the full objective (chain rule for log s and log omega), so the codon likelihood and its
+    # reverse pass are compiled once for steps 3 and 4.
     n_omega = 2 if two_class else 1
-    gl = [jnp.asarray(bl) for bl in gtr_lengths]
+    theta5 = gtr_rates[[0, 2, 3, 4, 5]]
+    lengths = np.concatenate(gtr_lengths)
+
+    def prop_vg(x):  # logarithms of (scale, omega...): smooth, lnL never -inf inside the bounds
+        e = np.exp(np.asarray(x, dtype=np.float64))
+        f, grad = full_vg(jnp.asarray(np.concatenate([theta5, e[1:], e[0] * lengths])))
+        grad = np.asarray(grad)
+        d_scale = e[0] * float(lengths @ grad[5 + n_omega :])
+        return f, np.concatenate([[d_scale], e[1:] * grad[5 : 5 + n_omega]])
+
     x0 = np.zeros(1 + n_omega)
     x, prop_ll, prop_steps = maximise(
-        lambda x: _prop_value_and_grad(x, jnp.asarray(gtr_rates), gl, codon, background, g, code,
-                                       two_class),
-        x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps)  # fmt: skip
+        prop_vg, x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps)
     scale, prop_omega = float(np.exp(x[0])), np.exp(x[1:])
 
     # Step 4: full refit, started from the proportional fit.
@@ -279,9 +280,6 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     x0 = np.maximum(x0, np.concatenate([np.zeros(5 + n_omega), branch_lower()]))
     lower = np.concatenate([np.zeros(5 + n_omega), branch_lower()])
     upper = np.concatenate([np.full(5 + n_omega, UPPER), branch_bounds()])
-
-    def full_vg(x):
-        return _full_value_and_grad(x, free, codon, background, g, code, two_class)
 
     x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps)
     x, full_ll = snap(full_vg, x, full_ll, 5 + n_omega)
