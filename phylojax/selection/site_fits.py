@@ -15,8 +15,8 @@ symmetric eigensystem. Two optimisers:
   points ranked by the Newton model's maximum; then a few rounds of successive parabolic
   interpolation in ``log(beta/alpha)`` with one ``eigh`` per site and round. Partials are kept
   in eigen coordinates (3 matrix products per pruning operation instead of 4; tips transformed
-  once per eigensystem). The best evaluated point is reported, so boundaries are ordinary candidates and
-  nothing stalls there. The null is ``phi = pi/4``: one eigensystem for all sites. The whole path
+  once per eigensystem). The best evaluated point is reported, so boundaries are ordinary
+  candidates and nothing stalls there. The null is ``phi = pi/4``: one eigensystem for all sites. The whole path
   is one jitted function (compiled once per problem shape).
 * **General path** (nuisance ``beta`` on background branches, ``--srv No``): see
   :mod:`.site_general` (grid start on shared eigensystems, then optax L-BFGS per site).
@@ -182,30 +182,39 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
 _FD = 1e-3  # central-difference step in u = log r
 
 
+def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool):
+    """Log-likelihood at ``u`` and a safeguarded Newton step in ``u = log r`` for every site.
+
+    Derivatives are central differences at ``u - h, u, u + h`` (``h = 1e-3``; the gradient error
+    is O(h^2) ~ 1e-7 and moves the maximiser negligibly): the three evaluations are one batched
+    pruning pass (:func:`_batch_loglik`). Returns ``(value, step, predicted)`` with the step
+    clipped to 2 log units (``sign(g)`` where the profile is not concave) and ``predicted`` the
+    quadratic model's value after the step (``value`` where not concave).
+    """
+    out = _batch_loglik(u[:, None] + jnp.array([-_FD, 0.0, _FD]), tip_w, problem, eig, shared)
+    lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
+    g = (hi - lo) / (2 * _FD)
+    h = (hi - 2 * val + lo) / _FD**2
+    concave = h < 0
+    d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
+    predicted = val + jnp.where(concave, g * d + 0.5 * h * d * d, 0.0)
+    return val, d, jnp.maximum(predicted, val)
+
+
 def _newton_log_scale(u, tip_w, problem, eig, steps: int, shared: bool):
     """Maximise every site over ``u = log r`` (safeguarded Newton); ``u [site]``; returns
     ``(u_best, f_best)``.
 
-    Derivatives are central differences at ``u - h, u, u + h`` (``h = 1e-3``; the gradient error
-    is O(h^2) ~ 1e-7 and moves the maximiser negligibly): the three evaluations are one batched
-    pruning pass (:func:`_batch_loglik`), so each V, V^-1 product serves all three.
+    Steps from :func:`_newton_in_log_scale`; a step that did not improve is halved back
+    towards the best point.
     """
-    offsets = jnp.array([-_FD, 0.0, _FD])
-
-    def f3(x):
-        out = _batch_loglik(x[:, None] + offsets, tip_w, problem, eig, shared)
-        return out[:, 0], out[:, 1], out[:, 2]
 
     def body(_, state):
         x, best_x, best_f = state
-        lo, val, hi = f3(x)
-        g = (hi - lo) / (2 * _FD)
-        h = (hi - 2 * val + lo) / _FD**2
+        val, newton, _ = _newton_in_log_scale(x, tip_w, problem, eig, shared)
         better = val >= best_f
         best_x = jnp.where(better, x, best_x)
         best_f = jnp.where(better, val, best_f)
-        newton = jnp.where(h < 0, -g / jnp.where(h < 0, h, -1.0), jnp.sign(g) * 1.0)
-        newton = jnp.clip(newton, -2.0, 2.0)
         x_new = jnp.where(better, x + newton, 0.5 * (x + best_x))
         return jnp.clip(x_new, _U_MIN, _U_MAX), best_x, best_f
 
@@ -284,19 +293,13 @@ def _grid_point(phi, u, tips, problem):
     """One Newton step in ``u`` at a grid angle (eigensystem shared by all sites).
 
     Returns ``(u_next, value, predicted)``: the log-likelihood *evaluated* at ``u``, the Newton
-    update, and the quadratic model's maximum ``value + g d + h d^2 / 2`` used only to rank grid
-    points (the reported optimum is always an evaluated point).
+    update, and the quadratic model's maximum, used only to rank grid points (the reported
+    optimum is always an evaluated point).
     """
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
-    out = _batch_loglik(u[:, None] + jnp.array([-_FD, 0.0, _FD]), tip_w, problem, eig, True)
-    lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
-    g = (hi - lo) / (2 * _FD)
-    h = (hi - 2 * val + lo) / _FD**2
-    concave = h < 0
-    d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
-    predicted = val + jnp.where(concave, g * d + 0.5 * h * d * d, 0.0)
-    return jnp.clip(u + d, _U_MIN, _U_MAX), val, jnp.maximum(predicted, val)
+    val, d, predicted = _newton_in_log_scale(u, tip_w, problem, eig, True)
+    return jnp.clip(u + d, _U_MIN, _U_MAX), val, predicted
 
 
 def _fast_driver(
