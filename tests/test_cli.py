@@ -31,15 +31,13 @@ def test_compilation_cache_setting(tmp_path, monkeypatch):
     ~/.cache/phylojax/xla) and leaves it alone with PHYLOJAX_CACHE_DIR=off."""
     from phylojax.cli import _enable_compilation_cache
 
-    class Config:
+    class FakeJax:  # records config.update calls instead of changing this process's JAX
         def __init__(self):
             self.values = {}
+            self.config = self
 
         def update(self, key, value):
             self.values[key] = value
-
-    class FakeJax:
-        config = Config()
 
     fake = FakeJax()
     monkeypatch.setenv("PHYLOJAX_CACHE_DIR", str(tmp_path / "xla"))
@@ -47,12 +45,10 @@ def test_compilation_cache_setting(tmp_path, monkeypatch):
     assert fake.config.values["jax_compilation_cache_dir"] == str(tmp_path / "xla")
     assert (tmp_path / "xla").is_dir()
     off = FakeJax()
-    off.config = Config()
     monkeypatch.setenv("PHYLOJAX_CACHE_DIR", "off")
     _enable_compilation_cache(off)
     assert off.config.values == {}
     home = FakeJax()
-    home.config = Config()
     monkeypatch.delenv("PHYLOJAX_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _enable_compilation_cache(home)
