@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -172,7 +173,7 @@ def codon_frequencies(counts_or_partials, estimator: str = "F3X4", code: int | s
         g = cf3x4(counts, code)
     else:
         raise ValueError(f"unknown codon frequency estimator {estimator!r}; use {ESTIMATORS}")
-    return np.asarray(sense_frequencies(g, code)), g
+    return np.asarray(_sense_frequencies(g, code)), g
 
 
 def sense_frequencies(position_frequencies, code: int | str = 1) -> Array:
@@ -181,6 +182,11 @@ def sense_frequencies(position_frequencies, code: int | str = 1) -> Array:
     g = jnp.asarray(position_frequencies)
     pi = g[0, idx[:, 0]] * g[1, idx[:, 1]] * g[2, idx[:, 2]]
     return pi / pi.sum()
+
+
+# one compiled program instead of a dozen op-by-op ones (each traced and compiled, or fetched
+# from the persistent cache, on every run of the CLI)
+_sense_frequencies = jax.jit(sense_frequencies, static_argnums=1)
 
 
 # ------------------------------------------------------------------------------ models
@@ -255,6 +261,11 @@ def expected_rate(r, frequencies) -> Array:
     """``sum_i pi_i sum_{j != i} R_ij pi_j``: expected substitutions per unit time of ``R diag(pi)``."""
     pi = jnp.asarray(frequencies)
     return pi @ (r - jnp.diag(jnp.diag(r))) @ pi
+
+
+# jitted forms for callers outside a trace (FEL's setup and reports): one program each
+mg94_parts_jit = jax.jit(mg94_parts, static_argnums=2)
+expected_rate_jit = jax.jit(expected_rate)
 
 
 def model_from_spec(spec, problem, code: int | str = 1):

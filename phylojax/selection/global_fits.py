@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..likelihood.api import PhyloData, log_likelihood
-from ..models.codon import expected_rate, mg94_parts
+from ..models.codon import expected_rate_jit, mg94_parts, mg94_parts_jit
 from ..models.nucleotide import ReversibleModel, gtr
 from ..models.rates import rate_model
 
@@ -175,9 +175,9 @@ class GlobalFit:
 
     def mg94_lengths(self, partition: int) -> np.ndarray:
         """Reported MG94 branch lengths ``L_b = t_b sum_i pi_i sum_{j != i} Q_ij / 3``."""
-        r_s, r_n, pi = mg94_parts(self.theta, self.position_frequencies, self.code)
-        rate_t = float(expected_rate(r_s + self.omega[0] * r_n, pi))
-        rate_b = float(expected_rate(r_s + self.omega[1] * r_n, pi))
+        r_s, r_n, pi = mg94_parts_jit(self.theta, self.position_frequencies, self.code)
+        rate_t = float(expected_rate_jit(r_s + self.omega[0] * r_n, pi))
+        rate_b = float(expected_rate_jit(r_s + self.omega[1] * r_n, pi))
         return self.times[partition] * np.where(self._background[partition], rate_b, rate_t) / 3.0
 
     _background: list = dataclasses.field(default_factory=list, repr=False)
@@ -276,7 +276,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     x, gtr_ll, gtr_steps = maximise(gtr_vg, x0, lower, upper, max_steps, x_scale=sqrt_scale(x0))
     x, gtr_ll = snap(gtr_vg, x, gtr_ll, 5)
-    gtr_rates = np.asarray(_theta6(x[:5]))
+    gtr_rates = np.insert(x[:5], 1, 1.0)  # _theta6 in numpy
     gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
     def full_vg(x):
@@ -310,11 +310,11 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps, x_scale=sqrt_scale(x0))
     x, full_ll = snap(full_vg, x, full_ll, 5 + n_omega)
-    theta = np.asarray(_theta6(x[:5]))
+    theta = np.insert(x[:5], 1, 1.0)
     omega = x[5 : 5 + n_omega]
     omega = np.asarray(omega if two_class else [omega[0], omega[0]])
     times = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5 + n_omega :], [len(f) for f in free_np]))]
-    _, _, pi = mg94_parts(theta, g, code)
+    _, _, pi = mg94_parts_jit(theta, g, code)
     return GlobalFit(
         gtr_rates=gtr_rates,
         nucleotide_frequencies=np.asarray(nuc_pi),
