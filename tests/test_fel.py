@@ -98,8 +98,10 @@ def test_branch_sets():
 
 
 @pytest.mark.slow
-def test_site_stage_against_hyphy_global_fit():
-    """Site fits alone, with HyPhy's own global MG94xREV parameters (intermediate fits)."""
+def test_site_stage_against_hyphy_global_fit(monkeypatch):
+    """Site fits alone, with HyPhy's own global MG94xREV parameters (intermediate fits); and the
+    same fits with the sites forced through in chunks of 8 (the large-tree memory bound) are
+    identical."""
     aln = read_alignment(HERE / "CD2.nex")
     parts, _, counts = prepare_partitions(aln)
     (part,) = parts
@@ -117,6 +119,13 @@ def test_site_stage_against_hyphy_global_fit():
     const = tips.prod(axis=1).sum(-1) > 0
     var = np.flatnonzero(~const)
     res = fit_sites_fast(problem, tips[var])
+    import phylojax.selection.site_fits as site_fits
+
+    monkeypatch.setattr(site_fits, "SITE_BUFFER_BYTES", 1)
+    chunked = fit_sites_fast(problem, tips[var])
+    np.testing.assert_allclose(chunked.alt_loglik, res.alt_loglik, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(chunked.null_loglik, res.null_loglik, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(chunked.alpha, res.alpha, rtol=1e-6, atol=1e-9)
     lrt = np.zeros(len(tips))
     lrt[var] = res.lrt
     lrt = lrt[part.codon_patterns.site_to_pattern]

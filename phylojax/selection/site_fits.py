@@ -413,6 +413,19 @@ def _fast_driver(
 _FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7))
 
 
+def _chunked_driver(tips, problem, grid, *static):
+    """:func:`_fast_driver` over ``tips [chunk, site, taxon, state]``, one chunk after another
+    (sites are independent; the grid's eigensystems are recomputed per chunk, 25 ``eigh`` of
+    61x61)."""
+    return lax.map(lambda t: _fast_driver(t, problem, grid, *static), tips)
+
+
+_FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7))
+# bytes allowed for one ``[operation, site, r-grid, state]`` partial buffer of the fast path; XLA
+# keeps a few such buffers live, so this bounds the site stage's memory on large trees
+SITE_BUFFER_BYTES = 2**28
+
+
 def fit_sites_fast(problem: SiteProblem, tips, *, grid_size: int = 25, omega_range: float = 1e4,
                    refine_rounds: int = 4, null_steps: int = 5, grid_steps: int = 3,
                    boundary_steps: int = 5, refine_steps: int = 3) -> SiteFits:  # fmt: skip
@@ -425,18 +438,28 @@ def fit_sites_fast(problem: SiteProblem, tips, *, grid_size: int = 25, omega_ran
     a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape.
     """
     tips = np.asarray(tips)
-    site_count = tips.shape[0]
+    site_count, _, state_count = tips.shape
     # pad the site axis to a bucket size so that partitions / data sets of similar size share one
-    # compiled driver (padding rows repeat site 0 and are dropped)
-    bucket = _bucket(site_count)
-    if bucket > site_count:
-        tips = np.concatenate([tips, np.repeat(tips[:1], bucket - site_count, 0)])
-    tips = jnp.asarray(tips)
+    # compiled driver (padding rows repeat site 0 and are dropped); on large trees, sites go
+    # through in chunks whose partial buffers fit SITE_BUFFER_BYTES
+    per_site = 8 * np.asarray(problem.operations).shape[0] * (len(_U_GRID) + 1) * state_count
+    chunk = _bucket(site_count)
+    while chunk > 8 and chunk * per_site > SITE_BUFFER_BYTES:
+        chunk = _bucket(chunk // 2) if chunk > 64 else chunk // 2
+    padded = -(-site_count // chunk) * chunk
+    if padded > site_count:
+        tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
     half = grid_size // 2
     omegas = np.exp(np.linspace(-math.log(omega_range), math.log(omega_range), 2 * half - 1))
     grid = jnp.asarray(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
-    alpha, beta, null_rate, f_alt, f_null = _FAST(tips, problem, grid, null_steps, grid_steps,
-                                                  boundary_steps, refine_rounds, refine_steps)  # fmt: skip
+    static = (null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps)
+    if padded == chunk:
+        out = _FAST(jnp.asarray(tips), problem, grid, *static)
+    else:
+        out = _FAST_CHUNKED(jnp.asarray(tips.reshape((-1, chunk) + tips.shape[1:])), problem,
+                            grid, *static)  # fmt: skip
+        out = [o.reshape(-1) for o in out]
+    alpha, beta, null_rate, f_alt, f_null = out
     nan = np.full(site_count, np.nan)
     n = site_count
     return SiteFits(
