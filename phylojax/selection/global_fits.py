@@ -300,9 +300,15 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
         d_scale = e[0] * float(lengths @ grad[5 + n_omega :])
         return f, np.concatenate([[d_scale], e[1:] * grad[5 : 5 + n_omega]])
 
+    # start at omega = 1 and the scale that turns GTR lengths (substitutions per nucleotide) into
+    # codon branch parameters: 3 L_b substitutions per codon at the unnormalised MG94 rate
+    r_s, r_n, pi = mg94_parts_jit(gtr_rates, g, code)
+    rate = float(expected_rate_jit(r_s + r_n, pi))
     x0 = np.zeros(1 + n_omega)
+    x0[0] = np.log(3.0 / rate) if np.isfinite(rate) and rate > 0 else 0.0
     x, prop_ll, prop_steps = maximise(
-        prop_vg, x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps)
+        prop_vg, x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps,
+        stall_window=4)  # 2-3 parameters, and only a start for step 4
     scale, prop_omega = float(np.exp(x[0])), np.exp(x[1:])
 
     # Step 4: full refit, started from the proportional fit.
