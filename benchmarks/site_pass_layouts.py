@@ -14,7 +14,6 @@ values are checked against the shipped pass.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 
@@ -23,19 +22,10 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+from profile_fel import best_ms as best  # noqa: E402
 from site_stage_variants import site_problem  # noqa: E402
 
 import phylojax.selection.site_fits as S  # noqa: E402
-
-
-def best(f, *args, repeat):
-    jax.block_until_ready(f(*args))
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        out.append(time.perf_counter() - t)
-    return 1e3 * min(out)
 
 
 def levels_of(operations):
