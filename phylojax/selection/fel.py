@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,8 +24,9 @@ from ..likelihood.topology import build_topology
 from ..models.codon import codon_frequencies, expected_rate_jit, mg94_parts_jit, position_counts
 from ..patterns import compress
 from ..tree import Tree
-from .global_fits import GlobalFit, PartitionData, fit_global
-from .site_fits import SiteFits, SiteProblem, fit_sites_fast, profile_dnds
+from .. import aot
+from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
+from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast, profile_dnds
 from .site_general import fit_sites_general
 
 CHI2_HALF = 1.920729410347062  # chi2_1 0.95 quantile / 2
@@ -222,8 +224,11 @@ def fel(
     _, g = codon_frequencies(counts, "CF3X4", code)
     if rate_frequencies is not None:
         g = np.asarray(rate_frequencies, dtype=np.float64).reshape(3, 4)
+    # compile the MG94 objective and the site fits' program while the GTR fit runs
+    global_job = compile_global_later([p.data for p in parts], g, code)
+    site_jobs = [_compile_sites_later(p, srv) for p in parts]
     with stage("Global fits (GTR, MG94xREV)"):
-        gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code)
+        gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code, precompiled=global_job)
     timers["Model fitting"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -244,10 +249,9 @@ def fel(
             operations=jnp.asarray(part.data.codon.operations),
             has_background=bool(np.any(part.data.background & (times > 0))),
         )  # fmt: skip
-        tips = np.moveaxis(np.asarray(part.data.codon.tip_partials), 2, 0)  # pattern, taxon, state
-        is_const = tips.prod(axis=1).sum(-1) > 0  # one codon compatible with every taxon
-        var = np.flatnonzero(~is_const)
+        tips, var, is_const = _variable_patterns(part)
         with stage(f"Site fits, partition {k + 1}/{len(parts)} ({len(var)} patterns)"):
+            aot.wait(site_jobs[k])
             fits = _fit(problem, tips[var], srv)
         tested_time = float(np.sum(times[~part.data.background]))
         site = part.codon_patterns.site_to_pattern
@@ -290,6 +294,32 @@ def fel(
         timers=timers, dnds_ci=ci_rows, bootstrap_lrt=boot,
         p_asymptotic=p_asym if resample else None,
     )  # fmt: skip
+
+
+def _variable_patterns(part):
+    """``(tips [pattern, taxon, state], variable pattern indices, constant mask)``."""
+    tips = np.moveaxis(np.asarray(part.data.codon.tip_partials), 2, 0)
+    is_const = tips.prod(axis=1).sum(-1) > 0  # one codon compatible with every taxon
+    return tips, np.flatnonzero(~is_const), is_const
+
+
+def _compile_sites_later(part, srv: bool):
+    """Start compiling the fast site path of ``part`` (:mod:`phylojax.aot`) when it will run:
+    ``--srv Yes`` and no background branches (the general path compiles on first use)."""
+    background = np.asarray(part.data.background)
+    if not srv or background.any():
+        return None
+    tips, var, _ = _variable_patterns(part)
+    if len(var) == 0:
+        return None
+    states = tips.shape[2]
+    matrix = jax.ShapeDtypeStruct((states, states), jnp.float64)
+    problem = SiteProblem(
+        syn=matrix, nonsyn=matrix, frequencies=jax.ShapeDtypeStruct((states,), jnp.float64),
+        times=jax.ShapeDtypeStruct(background.shape, jnp.float64),
+        background=jnp.asarray(background), operations=jnp.asarray(part.data.codon.operations),
+    )  # fmt: skip
+    return compile_fast_later(problem, len(var), tips.shape[1], states, tips.dtype)
 
 
 def _fit(problem: SiteProblem, tips, srv: bool) -> SiteFits:

@@ -240,18 +240,42 @@ def _full_value_and_grad(x, free, codon, background, g, code, two_class):
     return jax.value_and_grad(f)(x)
 
 
-def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_frequencies,
-               max_steps: int = 3000, code=1) -> GlobalFit:  # fmt: skip
-    """Run DESIGN.md §3 steps 2–4 on all partitions jointly (L-BFGS-B on exact gradients from the
-    likelihood engine's O(n) reverse pass)."""
-    nuc_pi = jnp.asarray(nucleotide_frequencies)
+def _codon_arguments(parts: list[PartitionData], position_frequencies):
+    """``(free, codon, background, g, two_class)`` as :func:`_full_value_and_grad` takes them."""
     free = [jnp.asarray(part.free) for part in parts]
-    free_np = [np.asarray(part.free) for part in parts]
-    nucleotide = [part.nucleotide for part in parts]
     codon = [part.codon for part in parts]
     background = [jnp.asarray(part.background) for part in parts]
-    g = jnp.asarray(position_frequencies)
     two_class = bool(any(np.any(part.background & part.free) for part in parts))
+    return free, codon, background, jnp.asarray(position_frequencies), two_class
+
+
+def compile_global_later(parts: list[PartitionData], position_frequencies, code=1):
+    """Start compiling the MG94 objective of :func:`fit_global` (steps 3 and 4) in the background
+    (:mod:`phylojax.aot`), to run while the GTR fit does; returns the job."""
+    from .. import aot
+
+    free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
+    n = 5 + (2 if two_class else 1) + sum(int(f.shape[0]) for f in free)
+    x = jax.ShapeDtypeStruct((n,), jnp.asarray(np.zeros(1)).dtype)
+    return aot.compile_later(_full_value_and_grad, x, free, codon, background, g, code, two_class)
+
+
+def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_frequencies,
+               max_steps: int = 3000, code=1, precompiled="start") -> GlobalFit:  # fmt: skip
+    """Run DESIGN.md §3 steps 2–4 on all partitions jointly (L-BFGS-B on exact gradients from the
+    likelihood engine's O(n) reverse pass).
+
+    ``precompiled``: the job of :func:`compile_global_later` when the caller started it, or
+    ``"start"`` (default) to start it here, so the MG94 objective compiles while the GTR fit runs.
+    """
+    from .. import aot
+
+    if isinstance(precompiled, str):
+        precompiled = compile_global_later(parts, position_frequencies, code)
+    nuc_pi = jnp.asarray(nucleotide_frequencies)
+    free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
+    free_np = [np.asarray(part.free) for part in parts]
+    nucleotide = [part.nucleotide for part in parts]
 
     def branch_bounds(upper=UPPER):
         return np.concatenate([np.where(fr, upper, 0.0) for fr in free_np])
@@ -285,6 +309,8 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     def full_vg(x):
         return _full_value_and_grad(x, free, codon, background, g, code, two_class)
+
+    aot.wait(precompiled)  # the MG94 objective, compiled during the GTR fit
 
     # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values. Evaluated through
     # the full objective (chain rule for log s and log omega), so the codon likelihood and its

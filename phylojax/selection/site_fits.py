@@ -426,46 +426,74 @@ _FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7))
 SITE_BUFFER_BYTES = 2**28
 
 
-def fit_sites_fast(problem: SiteProblem, tips, *, grid_size: int = 25, omega_range: float = 1e4,
-                   refine_rounds: int = 4, null_steps: int = 5, grid_steps: int = 3,
-                   boundary_steps: int = 5, refine_steps: int = 3) -> SiteFits:  # fmt: skip
-    """Fast path (no nuisance, srv Yes). ``tips``: ``[site, taxon, state]``. Returns SiteFits.
-
-    One compiled function: the null at ``phi = pi/4`` (one eigensystem), a grid of
-    ``grid_size`` angles over ``[0, pi/2]`` (one batched ``eigh``, shared by all sites), then
-    ``refine_rounds`` rounds of successive parabolic interpolation of the profile
-    ``max_r l(r cos phi, r sin phi)`` inside the grid bracket (one ``eigh`` per site and round) and
-    a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape.
-    """
-    tips = np.asarray(tips)
-    site_count, _, state_count = tips.shape
-    # pad the site axis to a bucket size so that partitions / data sets of similar size share one
-    # compiled driver (padding rows repeat site 0 and are dropped); on large trees, sites go
-    # through in chunks whose partial buffers fit SITE_BUFFER_BYTES
-    per_site = 8 * np.asarray(problem.operations).shape[0] * (len(_U_GRID) + 1) * state_count
+def _fast_layout(op_count: int, site_count: int, state_count: int) -> tuple[int, int]:
+    """``(chunk, padded)`` site rows of the fast path: the site axis is padded to a bucket size
+    so that partitions / data sets of similar size share one compiled driver (padding rows repeat
+    site 0 and are dropped); on large trees, sites go through in chunks whose partial buffers fit
+    SITE_BUFFER_BYTES."""
+    per_site = 8 * op_count * (len(_U_GRID) + 1) * state_count
     chunk = _bucket(site_count)
     while chunk > 8 and chunk * per_site > SITE_BUFFER_BYTES:
         chunk = _bucket(chunk // 2) if chunk > 64 else chunk // 2
-    padded = -(-site_count // chunk) * chunk
-    if padded > site_count:
-        tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
+    return chunk, -(-site_count // chunk) * chunk
+
+
+def _fast_grid(grid_size: int, omega_range: float):
     half = grid_size // 2
     omegas = np.exp(np.linspace(-math.log(omega_range), math.log(omega_range), 2 * half - 1))
-    grid = jnp.asarray(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
+    return jnp.asarray(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
+
+
+def _fast_program(problem, site_count, taxon_count, state_count, grid_size=25,
+                  omega_range=1e4, refine_rounds=4, null_steps=5, grid_steps=3,
+                  boundary_steps=5, refine_steps=3):  # fmt: skip
+    """``(program, tips shape, chunk, padded, grid, static)`` of one fast-path call."""
+    op_count = np.shape(problem.operations)[0]
+    chunk, padded = _fast_layout(op_count, site_count, state_count)
+    grid = _fast_grid(grid_size, omega_range)
     static = (null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps)
     if padded == chunk:
-        out = _FAST(jnp.asarray(tips), problem, grid, *static)
-    else:
-        out = _FAST_CHUNKED(jnp.asarray(tips.reshape((-1, chunk) + tips.shape[1:])), problem,
-                            grid, *static)  # fmt: skip
-        out = [o.reshape(-1) for o in out]
-    alpha, beta, null_rate, f_alt, f_null = out
+        return _FAST, (padded, taxon_count, state_count), chunk, padded, grid, static
+    shape = (padded // chunk, chunk, taxon_count, state_count)
+    return _FAST_CHUNKED, shape, chunk, padded, grid, static
+
+
+def compile_fast_later(problem: SiteProblem, site_count: int, taxon_count: int, state_count: int,
+                       dtype=np.float64, **settings):  # fmt: skip
+    """Start compiling the fast path for ``site_count`` sites in the background (see
+    :mod:`phylojax.aot`); ``problem``'s arrays may be ``jax.ShapeDtypeStruct``. Returns the
+    job for ``aot.wait``."""
+    from .. import aot
+
+    program, shape, _, _, grid, static = _fast_program(problem, site_count, taxon_count,
+                                                       state_count, **settings)  # fmt: skip
+    return aot.compile_later(program, jax.ShapeDtypeStruct(shape, dtype), problem, grid, *static)
+
+
+def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
+    """Fast path (no nuisance, srv Yes). ``tips``: ``[site, taxon, state]``. Returns SiteFits.
+
+    One compiled function: the null at ``phi = pi/4`` (one eigensystem), a grid of
+    ``grid_size`` (25) angles over ``[0, pi/2]`` (one batched ``eigh``, shared by all sites), then
+    ``refine_rounds`` (4) rounds of successive parabolic interpolation of the profile
+    ``max_r l(r cos phi, r sin phi)`` inside the grid bracket (one ``eigh`` per site and round) and
+    a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape. Settings
+    (keyword): ``grid_size``, ``omega_range`` (1e4), ``refine_rounds``, ``null_steps`` (5),
+    ``grid_steps`` (3), ``boundary_steps`` (5), ``refine_steps`` (3).
+    """
+    tips = np.asarray(tips)
+    site_count, taxon_count, state_count = tips.shape
+    program, shape, chunk, padded, grid, static = _fast_program(
+        problem, site_count, taxon_count, state_count, **settings)
+    if padded > site_count:
+        tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
+    out = program(jnp.asarray(tips.reshape(shape)), problem, grid, *static)
+    alpha, beta, null_rate, f_alt, f_null = [np.asarray(o).reshape(-1) for o in out]
     nan = np.full(site_count, np.nan)
     n = site_count
     return SiteFits(
-        alpha=np.asarray(alpha)[:n], beta=np.asarray(beta)[:n], beta_background=nan,
-        null_rate=np.asarray(null_rate)[:n], null_beta_background=nan,
-        alt_loglik=np.asarray(f_alt)[:n], null_loglik=np.asarray(f_null)[:n],
+        alpha=alpha[:n], beta=beta[:n], beta_background=nan, null_rate=null_rate[:n],
+        null_beta_background=nan, alt_loglik=f_alt[:n], null_loglik=f_null[:n],
     )  # fmt: skip
 
 
