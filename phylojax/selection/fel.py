@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import aot
 from ..alphabets import codon_partials, nucleotide_partials
 from ..errors import input_error
 from ..io import Alignment, parse_newick, tree_for_alignment
@@ -24,7 +25,6 @@ from ..likelihood.topology import build_topology
 from ..models.codon import codon_frequencies, expected_rate_jit, mg94_parts_jit, position_counts
 from ..patterns import compress
 from ..tree import Tree
-from .. import aot
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
 from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast, profile_dnds
 from .site_general import fit_sites_general
