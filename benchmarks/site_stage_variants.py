@@ -3,12 +3,15 @@ chunked driver's time and memory.
 
     python benchmarks/site_stage_variants.py --set rbp3.nex [--variants "{'grid_size': 17}" ...]
     python benchmarks/site_stage_variants.py --set HIV_RT.nex --chunks
+    python benchmarks/site_stage_variants.py --set CD2.nex --srv-no [--variants ...]
 
 The global fit is run once (our own, as in ``phylojax fel``) and the site stage is then timed
 warm. ``--variants``: each keyword set of ``fit_sites_fast`` is compared per site with a reference
 fit (grid 49, 8 refinement rounds, 4 grid steps): min ΔLRT, sites below −1e-3, time. ``--chunks``:
 the driver with and without the site chunking (``SITE_BUFFER_BYTES``): time, XLA's temporary
-bytes, and the largest per-site difference.
+bytes, and the largest per-site difference. ``--srv-no``: the same for the ``--srv No`` profile
+path (``site_srv_no.fit_sites_srv_no``; reference grid 120, 20 refinement rounds), differences in
+the alternative lnL.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from phylojax.selection.global_fits import fit_global  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hyphy"
 REFERENCE = {"grid_size": 49, "refine_rounds": 8, "grid_steps": 4}
+SRV_NO_REFERENCE = {"grid_size": 120, "refine_rounds": 20}
 
 
 def site_problem(name: str):
@@ -61,9 +65,20 @@ def main() -> None:
     ap.add_argument("--set", default="HepatitisD.nex", help="file in ../shared/data/hyphy")
     ap.add_argument("--variants", nargs="*", default=[])
     ap.add_argument("--chunks", action="store_true")
+    ap.add_argument("--srv-no", action="store_true", help="the --srv No profile path")
     args = ap.parse_args()
     problem, tips = site_problem(args.set)
     print(f"{args.set}: {len(tips)} variable patterns")
+    if args.srv_no:
+        from phylojax.selection.site_srv_no import fit_sites_srv_no
+
+        ref = fit_sites_srv_no(problem, tips, **SRV_NO_REFERENCE)
+        for text in ["{}", *args.variants]:
+            kw = ast.literal_eval(text)
+            fits, dt = warm(lambda kw=kw: fit_sites_srv_no(problem, tips, **kw))
+            d = fits.alt_loglik - ref.alt_loglik
+            print(f"srv No {kw}: {dt:.2f} s, min Δ alt lnL {d.min():.2e}, max {d.max():.2e}")
+        return
     if args.variants:
         ref = S.fit_sites_fast(problem, tips, **REFERENCE)
         for text in ["{}", *args.variants]:

@@ -370,6 +370,40 @@ def test_general_site_path_against_hyphy(case):
 
 
 @pytest.mark.slow
+def test_srv_no_profile_path():
+    """--srv No with every branch tested (``site_srv_no``: shared-eigensystem grid in beta, then
+    parabolic refinement) on all CD2 variable patterns with HyPhy's global fit: the alternative
+    lnL is at least a bounded scalar maximisation (scipy) of the same site likelihood in beta, the
+    general path (L-BFGS) gives the same fits on its first 8 patterns, and beta = 0 is reached
+    exactly where it is the optimum."""
+    import jax
+    from scipy.optimize import minimize_scalar
+
+    from phylojax.selection.site_general import _loglik_raw, fit_sites_general
+    from phylojax.selection.site_srv_no import fit_sites_srv_no
+
+    problem, tips, _ = _site_problem_from_hyphy("CD2.intermediate-fits.json", "All")
+    var = tips[~(tips.prod(axis=1).sum(-1) > 0)]
+    fits = fit_sites_srv_no(problem, var)
+    assert np.all(fits.alpha == 1.0) and np.all(fits.null_rate == 1.0)
+    assert np.all(np.isfinite(fits.alt_loglik)) and np.all(fits.alt_loglik >= fits.null_loglik)
+    loglik = jax.jit(lambda b, t: _loglik_raw(b, t, problem, (False, False, False)))
+    best = []
+    for i in range(len(var)):
+        tip = jnp.asarray(var[i])
+        res = minimize_scalar(lambda b, tip=tip: -float(loglik(jnp.array([b]), tip)),
+                              bounds=(0.0, 200.0), method="bounded", options={"xatol": 1e-8})  # fmt: skip
+        best.append(-res.fun)
+    assert np.min(fits.alt_loglik - np.array(best)) > -1e-6
+    # the null: one evaluation at alpha = beta = 1
+    null = np.array([float(loglik(jnp.array([1.0]), jnp.asarray(t))) for t in var[:8]])
+    np.testing.assert_allclose(fits.null_loglik[:8], null, atol=1e-9)
+    general = fit_sites_general(problem, var[:8], srv=False)
+    np.testing.assert_allclose(fits.alt_loglik[:8], general.alt_loglik, atol=1e-6)
+    assert np.any(fits.beta == 0.0) and np.all(fits.beta <= 10000.0)
+
+
+@pytest.mark.slow
 def test_cd2_resample_matches_hyphy_null_distribution(cd2_cli):
     """--resample 20 (parametric bootstrap from each site's null fit) against HyPhy 2.5.47's own
     run, `hyphy-avx CPU=1 fel --alignment CD2.nex --resample 20` (reference/CD2.resample20.FEL.json,

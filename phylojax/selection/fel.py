@@ -28,6 +28,7 @@ from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
 from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast, profile_dnds
 from .site_general import fit_sites_general
+from .site_srv_no import compile_srv_no_later, fit_sites_srv_no
 
 CHI2_HALF = 1.920729410347062  # chi2_1 0.95 quantile / 2
 
@@ -304,10 +305,10 @@ def _variable_patterns(part):
 
 
 def _compile_sites_later(part, srv: bool):
-    """Start compiling the fast site path of ``part`` (:mod:`phylojax.aot`) when it will run:
-    ``--srv Yes`` and no background branches (the general path compiles on first use)."""
+    """Start compiling the site program of ``part`` (:mod:`phylojax.aot`) when it is one of the
+    fast ones: no background branches (the general path compiles on first use)."""
     background = np.asarray(part.data.background)
-    if not srv or background.any():
+    if background.any():
         return None
     tips, var, _ = _variable_patterns(part)
     if len(var) == 0:
@@ -319,15 +320,16 @@ def _compile_sites_later(part, srv: bool):
         times=jax.ShapeDtypeStruct(background.shape, jnp.float64),
         background=jnp.asarray(background), operations=jnp.asarray(part.data.codon.operations),
     )  # fmt: skip
-    return compile_fast_later(problem, len(var), tips.shape[1], states, tips.dtype)
+    later = compile_fast_later if srv else compile_srv_no_later
+    return later(problem, len(var), tips.shape[1], states, tips.dtype)
 
 
 def _fit(problem: SiteProblem, tips, srv: bool) -> SiteFits:
     if len(tips) == 0:
         e = np.zeros(0)
         return SiteFits(e, e, e, e, e, e, e)
-    if srv and not problem.has_background:
-        return fit_sites_fast(problem, tips)
+    if not problem.has_background:
+        return fit_sites_fast(problem, tips) if srv else fit_sites_srv_no(problem, tips)
     return fit_sites_general(problem, tips, srv=srv)
 
 
