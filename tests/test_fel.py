@@ -403,6 +403,39 @@ def test_srv_no_profile_path():
     assert np.any(fits.beta == 0.0) and np.all(fits.beta <= 10000.0)
 
 
+def test_srv_no_profile_ci_is_the_likelihood_interval_in_beta():
+    """--srv No --ci: alpha is fixed at 1, so the profile interval of dN/dS = beta is where the site
+    likelihood in beta itself stays within 1.92 of its maximum (checked with the general path's
+    independent site likelihood)."""
+    import jax
+
+    from phylojax.selection.fel import _profile_ci
+    from phylojax.selection.site_general import _loglik_raw
+    from phylojax.selection.site_srv_no import fit_sites_srv_no
+
+    problem, tips, _ = _site_problem_from_hyphy("CD2.intermediate-fits.json", "All")
+    var = tips[~(tips.prod(axis=1).sum(-1) > 0)][:24]
+    fits = fit_sites_srv_no(problem, var)
+    lohi = _profile_ci(problem, var, fits, srv=False)
+    assert np.all(lohi[:, 0] <= lohi[:, 1]) and np.all(lohi[:, 1] <= lohi[:, 2])
+    np.testing.assert_allclose(lohi[:, 1], np.minimum(fits.beta, 10000.0), rtol=1e-9)
+    loglik = jax.jit(lambda b, t: _loglik_raw(b, t, problem, (False, False, False)))
+    checked = 0
+    for i in range(len(var)):
+        target = fits.alt_loglik[i] - 1.920729
+        for b in lohi[i, [0, 2]]:
+            if 0.0 < b < 10000.0:  # an interior end: the likelihood crosses the target there
+                assert abs(float(loglik(jnp.array([b]), jnp.asarray(var[i]))) - target) < 0.01
+                checked += 1
+    assert checked >= 10
+
+
+def test_ci_with_background_branches_is_refused():
+    aln = read_alignment(HERE / "CD2.nex")
+    with pytest.raises(InputError, match="--ci with --branches Internal"):
+        fel(aln, str(HERE / "CD2.annotated.nwk"), branches="Internal", ci=True)
+
+
 @pytest.mark.slow
 def test_cd2_resample_matches_hyphy_null_distribution(cd2_cli):
     """--resample 20 (parametric bootstrap from each site's null fit) against HyPhy 2.5.47's own

@@ -26,9 +26,10 @@ from ..models.codon import codon_frequencies, expected_rate_jit, mg94_parts_jit,
 from ..patterns import compress
 from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
-from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast, profile_dnds
+from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast
+from .site_fits import profile_dnds as _profile_r
 from .site_general import fit_sites_general
-from .site_srv_no import compile_srv_no_later, fit_sites_srv_no
+from .site_srv_no import compile_srv_no_later, fit_sites_srv_no, profile_beta
 
 CHI2_HALF = 1.920729410347062  # chi2_1 0.95 quantile / 2
 
@@ -225,6 +226,11 @@ def fel(
     _, g = codon_frequencies(counts, "CF3X4", code)
     if rate_frequencies is not None:
         g = np.asarray(rate_frequencies, dtype=np.float64).reshape(3, 4)
+    if ci and any(np.asarray(p.data.background).any() for p in parts):
+        raise input_error(
+            f"--ci with --branches {branches}: the profile interval of dN/dS needs the nuisance "
+            "beta of the background branches re-optimised at every point, which is not "
+            "implemented; use --branches All for intervals", file=aln.source)  # fmt: skip
     # compile the MG94 objective and the site fits' program while the GTR fit runs
     global_job = compile_global_later([p.data for p in parts], g, code)
     site_jobs = [_compile_sites_later(p, srv) for p in parts]
@@ -270,7 +276,7 @@ def fel(
         if ci:
             with stage("Profile confidence intervals"):
                 lohi = np.zeros((len(tips), 3))
-                lohi[var] = _profile_ci(problem, tips[var], fits)
+                lohi[var] = _profile_ci(problem, tips[var], fits, srv)
                 ci_rows[where] = lohi[site]
         if resample:
             with stage(f"Parametric bootstrap ({resample} replicates)"):
@@ -343,10 +349,14 @@ def _scatter(pattern_count, var, fits: SiteFits) -> dict:
     return out
 
 
-def _profile_ci(problem, tips, fits: SiteFits, iterations: int = 14) -> np.ndarray:
+def _profile_ci(problem, tips, fits: SiteFits, srv: bool = True, iterations: int = 14) -> np.ndarray:
     """True profile 95% interval of dN/dS = beta/alpha: ``l_prof >= l_max - 1.92`` (bisection on
-    ``phi = atan(dN/dS)``, ``r`` re-optimised at every point). ``[site, (LB, MLE, UB)]``;
-    dN/dS capped at 10000 as in HyPhy."""
+    ``phi = atan(dN/dS)``; under ``--srv Yes`` ``r`` is re-optimised at every point, under
+    ``--srv No`` alpha = 1 and the profile is the likelihood in beta). ``[site, (LB, MLE, UB)]``;
+    dN/dS capped at 10000 as in HyPhy. Background branches (a nuisance beta) are not handled
+    here: :func:`fel` refuses ``ci`` with them."""
+    if problem.has_background:
+        raise ValueError("_profile_ci: no profile with background branches")
     alpha, beta = np.asarray(fits.alpha), np.asarray(fits.beta)
     phi_hat = np.arctan2(beta, alpha)
     r_hat = np.hypot(alpha, beta)
@@ -354,15 +364,18 @@ def _profile_ci(problem, tips, fits: SiteFits, iterations: int = 14) -> np.ndarr
     target = np.asarray(fits.alt_loglik) - CHI2_HALF
     cap = 10000.0
 
+    def profile(phi):
+        if srv:
+            return np.asarray(_profile_r(problem, tips, phi, u0)[1])
+        return profile_beta(problem, tips, np.minimum(np.tan(phi), cap))
+
     def bound(end):
-        _, f_end = profile_dnds(problem, tips, np.full(len(tips), end), u0)
-        inside = np.asarray(f_end) >= target  # the interval reaches the boundary
+        inside = profile(np.full(len(tips), end)) >= target  # the interval reaches the boundary
         lo, hi = (phi_hat.copy(), np.full(len(tips), end)) if end > 0 else (
             np.full(len(tips), end), phi_hat.copy())
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
-            _, f = profile_dnds(problem, tips, mid, u0)
-            ok = np.asarray(f) >= target
+            ok = profile(mid) >= target
             if end > 0:
                 lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
             else:

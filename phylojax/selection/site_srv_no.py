@@ -91,6 +91,13 @@ def _driver(tips, problem, grid, refine_rounds: int):
 
 
 _DRIVER = jax.jit(_driver, static_argnums=(3,))
+_PER_SITE = jax.jit(lambda beta, tips, problem: _at_beta(beta, tips, problem, False))
+
+
+def profile_beta(problem: SiteProblem, tips, beta) -> np.ndarray:
+    """Site log-likelihoods at alpha = 1 and per-site ``beta`` (the ``--srv No`` profile has no
+    nuisance parameter: it is the likelihood itself)."""
+    return np.asarray(_PER_SITE(jnp.asarray(beta), jnp.asarray(tips), problem))
 
 
 def compile_srv_no_later(problem: SiteProblem, site_count: int, taxon_count: int,
