@@ -7,8 +7,9 @@ The default sets are the seven small ones; ``--sets HIV_RT --no-warm`` adds the 
 (HyPhy ``CPU=1`` takes ~27 min there; agreement is against its frozen MPI-run JSON).
 
 ``--variants`` also runs the CD2 option variants that have HyPhy reference JSONs (``--srv No``,
-``--branches Internal``, ``--branches GROUP1``, ``--ci``, ``--resample 20``; phylojax only, fresh
-process each) and compares them with ``reference/CD2.<variant>.FEL.json``.
+``--branches Internal``, ``--branches GROUP1``, ``--ci``, ``--resample 20``; phylojax in a fresh
+process each, empty compilation cache; HyPhy ``CPU=1`` timed beside it for ``--srv No`` and
+``--branches Internal``) and compares them with ``reference/CD2.<variant>.FEL.json``.
 
 For each set: HyPhy (``hyphy-avx CPU=1 fel``, run here unless ``--hyphy-timings`` reuses
 ../shared/data/hyphy/reference/timings.tsv), phylojax end to end in a fresh process (compilation
@@ -141,7 +142,7 @@ def main() -> None:
               f"{d[var].min():+.4f} | {np.abs(d).max():.4f} / {np.median(np.abs(d[var])):.1e} | "
               f"{'; '.join(diffs) or 'none'} |", flush=True)  # fmt: skip
     if args.variants:
-        variants(keep)
+        variants(keep, run_hyphy=not args.hyphy_timings)
 
 
 VARIANTS = {
@@ -153,16 +154,27 @@ VARIANTS = {
 }
 
 
-def variants(keep) -> None:
-    """CD2 option variants vs HyPhy's JSONs (phylojax in a fresh process each)."""
-    print("\n| CD2 variant | phylojax s | peak MiB | ΔlnL global | min / median ΔLRT | class diffs | notes |")
-    print("|---|---|---|---|---|---|---|")
+# variants HyPhy is also timed on, in the same run (the two that do not take the default site path)
+HYPHY_VARIANTS = {"srvNo": ["--srv", "No"], "branchesInternal": ["--branches", "Internal"]}
+
+
+def variants(keep, run_hyphy: bool = True) -> None:
+    """CD2 option variants vs HyPhy's JSONs (phylojax in a fresh process each, with an empty
+    compilation cache; HyPhy ``CPU=1`` beside it for ``HYPHY_VARIANTS``)."""
+    print("\n| CD2 variant | phylojax s | HyPhy s | ratio | peak MiB | ΔlnL global | min / median ΔLRT |"
+          " class diffs | notes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, opts in VARIANTS.items():
         ref = json.loads((SHARED / "reference" / f"CD2.{name}.FEL.json").read_text())
         with tempfile.TemporaryDirectory() as tmp:
             out = pathlib.Path(tmp) / "p.json"
+            t_h = float("nan")
+            if run_hyphy and name in HYPHY_VARIANTS:
+                t_h, _, _ = timed([HYPHY, "CPU=1", "fel", "--alignment", str(SHARED / "CD2.nex"),
+                                   *HYPHY_VARIANTS[name], "--output", f"{tmp}/h.json"])  # fmt: skip
             t_p, m_p, _ = timed([sys.executable, "-m", "phylojax", "fel", "--alignment",
-                                 str(SHARED / "CD2.nex"), "--output", str(out), "--quiet", *opts])  # fmt: skip
+                                 str(SHARED / "CD2.nex"), "--output", str(out), "--quiet", *opts],
+                                {"PHYLOJAX_CACHE_DIR": f"{tmp}/xla"})  # fmt: skip
             doc = json.loads(out.read_text())
             if keep:
                 (keep / f"CD2.{name}.json").write_text(out.read_text())
@@ -181,7 +193,7 @@ def variants(keep) -> None:
             note = "bootstrap p differs by Monte Carlo noise (20 replicates)"
         if name == "srvNo":
             note = "HyPhy 2.5.47's srv-No null is not nested (negative LRTs); ours is nested"
-        print(f"| {name} | {t_p:.1f} | {m_p:.0f} | {dll:+.4f} | {d[var].min():+.4f} / "
+        print(f"| {name} | {t_p:.1f} | {t_h:.1f} | {t_h / t_p:.2f} | {m_p:.0f} | {dll:+.4f} | {d[var].min():+.4f} / "
               f"{np.median(np.abs(d[var])):.1e} | {ndiff} | {note} |", flush=True)  # fmt: skip
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 _LOCK = threading.Lock()
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+_JOBS: dict = {}  # (program, abstract signature) -> job, so a repeated analysis submits nothing
 
 
 def enabled() -> bool:
@@ -68,7 +69,24 @@ def compile_later(jitted, *args, **kwargs) -> concurrent.futures.Future | None:
     if not enabled():
         return None
     args, kwargs = abstract(args), abstract(kwargs)
-    return _executor().submit(lambda: jitted.lower(*args, **kwargs).compile())
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    try:
+        key = (id(jitted), tree, tuple((x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
+                                       else x for x in leaves))  # fmt: skip
+        hash(key)
+    except TypeError:  # an unhashable static argument: let the job fail (and the call report it)
+        key = None
+    with _LOCK:
+        job = _JOBS.get(key) if key is not None else None
+        if job is not None and not (job.done() and job.exception() is not None):
+            return job  # compiled (or being compiled) already: a second analysis pays nothing
+    job = _executor().submit(lambda: jitted.lower(*args, **kwargs).compile())
+    if key is not None:
+        with _LOCK:
+            if len(_JOBS) > 256:
+                _JOBS.clear()
+            _JOBS[key] = job
+    return job
 
 
 def wait(*jobs) -> None:

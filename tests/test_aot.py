@@ -29,6 +29,9 @@ def test_compile_later_fills_the_jit_cache(monkeypatch):
     aot.wait(job)
     assert isinstance(job.result(), jax.stages.Compiled)
     np.testing.assert_allclose(_program(jnp.asarray(x), 3), 3 * np.sin(x))
+    # the same program and signature again: the finished job is returned, nothing is resubmitted
+    assert aot.compile_later(_program, jnp.asarray(x), 3) is job
+    assert aot.compile_later(_program, jnp.asarray(x), 4) is not job
     monkeypatch.setenv("PHYLOJAX_PRECOMPILE", "off")
     assert aot.compile_later(_program, x, 3) is None
     aot.wait(None)  # accepted
