@@ -370,6 +370,39 @@ def test_general_site_path_against_hyphy(case):
 
 
 @pytest.mark.slow
+def test_batched_general_path_in_one_cpu_child_against_hyphy():
+    """Background branches take the batched two-class fits (``site_classes``, polished by optax
+    L-BFGS) in a one-CPU child process (``isolated``). On all of CD2's variable codons with
+    ``--branches Internal`` and HyPhy's own global fit they give HyPhy's classification, LRTs
+    never more than 0.05 below HyPhy's, and the sequential path's nested fits; ``--srv No`` with
+    background branches agrees with the sequential path."""
+    from phylojax.selection.isolated import available, fit_sites_classes_isolated
+    from phylojax.selection.site_general import fit_sites_general
+
+    if not available():
+        pytest.skip("no os.sched_setaffinity on this platform")
+    problem, tips, part = _site_problem_from_hyphy("CD2.internal.intermediate-fits.json", "Internal")
+    ref, _ = _rows("CD2.branchesInternal.FEL.json")
+    site = part.codon_patterns.site_to_pattern
+    const = tips.prod(axis=1).sum(-1) > 0
+    codons = np.array([c for c in range(len(site)) if not const[site[c]]])
+    fits = fit_sites_classes_isolated(problem, tips[site[codons]], True)
+    assert fits is not None  # the child ran (no fallback)
+    assert np.all(np.isfinite(fits.alt_loglik)) and np.all(fits.alt_loglik >= fits.null_loglik)
+    delta = fits.lrt - ref[codons, 3]
+    assert delta.min() > -0.05
+    assert np.median(np.abs(delta)) < 1e-3
+    assert np.array_equal(chi2_1_sf(fits.lrt) <= 0.1, ref[codons, 4] <= 0.1)
+    # srv No with background branches: against the sequential optax path on 8 codons
+    few = tips[site[codons[:8]]]
+    batched = fit_sites_classes_isolated(problem, few, False)
+    sequential = fit_sites_general(problem, few, srv=False)
+    assert np.all(batched.alpha == 1.0) and np.all(batched.null_rate == 1.0)
+    np.testing.assert_allclose(batched.alt_loglik, sequential.alt_loglik, atol=2e-3)
+    np.testing.assert_allclose(batched.null_loglik, sequential.null_loglik, atol=2e-3)
+
+
+@pytest.mark.slow
 def test_srv_no_profile_path():
     """--srv No with every branch tested (``site_srv_no``: shared-eigensystem grid in beta, then
     parabolic refinement) on all CD2 variable patterns with HyPhy's global fit: the alternative

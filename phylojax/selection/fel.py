@@ -26,6 +26,7 @@ from ..models.codon import codon_frequencies, expected_rate_jit, mg94_parts_jit,
 from ..patterns import compress
 from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
+from .isolated import fit_sites_classes_isolated
 from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast
 from .site_fits import profile_dnds as _profile_r
 from .site_general import fit_sites_general
@@ -336,7 +337,10 @@ def _fit(problem: SiteProblem, tips, srv: bool) -> SiteFits:
         return SiteFits(e, e, e, e, e, e, e)
     if not problem.has_background:
         return fit_sites_fast(problem, tips) if srv else fit_sites_srv_no(problem, tips)
-    return fit_sites_general(problem, tips, srv=srv)
+    # background branches: the batched two-class fits in a one-CPU child process (XLA:CPU
+    # deadlocks on them with two threads), else the sequential optax path
+    fits = fit_sites_classes_isolated(problem, tips, srv)
+    return fits if fits is not None else fit_sites_general(problem, tips, srv=srv)
 
 
 def _scatter(pattern_count, var, fits: SiteFits) -> dict:
