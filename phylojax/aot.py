@@ -71,8 +71,7 @@ def compile_later(jitted, *args, **kwargs) -> concurrent.futures.Future | None:
     args, kwargs = abstract(args), abstract(kwargs)
     leaves, tree = jax.tree.flatten((args, kwargs))
     try:
-        key = (id(jitted), tree, tuple((x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
-                                       else x for x in leaves))  # fmt: skip
+        key = (id(jitted), tree, tuple(leaves))  # ShapeDtypeStructs hash by shape and dtype
         hash(key)
     except TypeError:  # an unhashable static argument: let the job fail (and the call report it)
         key = None

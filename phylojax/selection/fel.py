@@ -234,7 +234,8 @@ def fel(
             "implemented; use --branches All for intervals", file=aln.source)  # fmt: skip
     # compile the MG94 objective and the site fits' program while the GTR fit runs
     global_job = compile_global_later([p.data for p in parts], g, code)
-    site_jobs = [_compile_sites_later(p, srv) for p in parts]
+    patterns = [_variable_patterns(p) for p in parts]  # (tips, variable indices, constant mask)
+    site_jobs = [_compile_sites_later(p, pat, srv) for p, pat in zip(parts, patterns)]
     with stage("Global fits (GTR, MG94xREV)"):
         gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code, precompiled=global_job)
     timers["Model fitting"] = time.perf_counter() - t0
@@ -257,7 +258,7 @@ def fel(
             operations=jnp.asarray(part.data.codon.operations),
             has_background=bool(np.any(part.data.background & (times > 0))),
         )  # fmt: skip
-        tips, var, is_const = _variable_patterns(part)
+        tips, var, is_const = patterns[k]
         with stage(f"Site fits, partition {k + 1}/{len(parts)} ({len(var)} patterns)"):
             aot.wait(site_jobs[k])
             fits = _fit(problem, tips[var], srv)
@@ -311,13 +312,13 @@ def _variable_patterns(part):
     return tips, np.flatnonzero(~is_const), is_const
 
 
-def _compile_sites_later(part, srv: bool):
+def _compile_sites_later(part, patterns, srv: bool):
     """Start compiling the site program of ``part`` (:mod:`phylojax.aot`) when it is one of the
     fast ones: no background branches (the general path compiles on first use)."""
     background = np.asarray(part.data.background)
     if background.any():
         return None
-    tips, var, _ = _variable_patterns(part)
+    tips, var, _ = patterns
     if len(var) == 0:
         return None
     states = tips.shape[2]

@@ -41,11 +41,11 @@ from .site_fits import (
     _U_GRID,
     _U_MAX,
     _U_MIN,
-    SITE_BUFFER_BYTES,
     SiteFits,
     SiteProblem,
-    _bucket,
     _eig,
+    _eigen_pruning,
+    _fast_layout,
     _product,
 )  # fmt: skip
 
@@ -73,7 +73,6 @@ def _class_loglik(u, tip_w, problem: SiteProblem, eig, mult, shared: bool):
     times = jnp.asarray(problem.times)
     operations = jnp.asarray(problem.operations)
     cls = jnp.asarray(problem.background).astype(jnp.int32)
-    site_count, leaf_count, state_count = tip_w.shape
     r = jnp.exp(u)
     axis = 0 if shared else 1
 
@@ -88,37 +87,14 @@ def _class_loglik(u, tip_w, problem: SiteProblem, eig, mult, shared: bool):
         lb = lam_k if shared else lam_k[:, None, :]
         return _product(pick(to_state, k), w * jnp.exp(lb * rt), shared)
 
-    def fetch(inner, scalers, n):
-        is_tip = n < leaf_count
-        tip = lax.dynamic_index_in_dim(tip_w, jnp.minimum(n, leaf_count - 1), 1, keepdims=False)
-        k = jnp.maximum(n - leaf_count, 0)
-        inn = lax.dynamic_index_in_dim(inner, k, 0, keepdims=False)
-        sc = lax.dynamic_index_in_dim(scalers, k, 0, keepdims=False)
-        return (jnp.where(is_tip, jnp.broadcast_to(tip[:, None, :], inn.shape), inn),
-                jnp.where(is_tip, 0.0, sc))  # fmt: skip
-
-    def step(carry, op):
-        inner, scalers = carry
-        wa, sa = fetch(inner, scalers, op[1])
-        wb, sb = fetch(inner, scalers, op[2])
-        x = up(op[1], wa) * up(op[2], wb)
-        mx = jnp.max(x, axis=-1)
-        safe = jnp.where(mx > 0, mx, 1.0)
-        i = op[0] - leaf_count
-        w = _product(pick(to_eig, cls[op[0]]), x / safe[..., None], shared)
-        inner = lax.dynamic_update_index_in_dim(inner, w, i, 0)
-        scalers = lax.dynamic_update_index_in_dim(scalers, sa + sb + jnp.log(safe), i, 0)
-        return (inner, scalers), None
-
-    op_count = operations.shape[0]
-    inner = jnp.zeros((op_count, site_count, u.shape[1], state_count), tip_w.dtype)
-    scalers = jnp.zeros((op_count, site_count, u.shape[1]), tip_w.dtype)
-    (inner, scalers), _ = lax.scan(step, (inner, scalers), operations)
+    inner, scalers = _eigen_pruning(
+        tip_w, operations, u.shape[1], up,
+        lambda parent, x: _product(pick(to_eig, cls[parent]), x, shared))
     top = pick(to_state, cls[operations[-1, 0]])
     pi = jnp.asarray(problem.frequencies)
     root = top @ pi if shared else jnp.einsum("sji,i->sj", top, pi)
-    lik = jnp.sum(inner[-1] * (root if shared else root[:, None, :]), axis=-1)
-    return jnp.log(jnp.maximum(lik, 1e-300)) + scalers[-1]
+    lik = jnp.sum(inner * (root if shared else root[:, None, :]), axis=-1)
+    return jnp.log(jnp.maximum(lik, 1e-300)) + scalers
 
 
 def _tips(tips, problem, eig, shared: bool):
@@ -437,9 +413,9 @@ def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: in
     branches (``problem.has_background``) and/or ``srv=False`` (``alpha = 1``). The alternative
     is then polished by ``polish`` iterations of optax L-BFGS (:mod:`.site_general`) from the
     batched optimum, and the better point kept. On CD2 ``--branches Internal`` with HyPhy's
-    global fit the coordinate-wise refinement alone ended 0.044 LRT units below HyPhy at codon
-    126 (p 0.1002 vs 0.0975), also with 10 rounds; 4 polish iterations give HyPhy's
-    classification everywhere (min ΔLRT −0.023; 1 or 2 iterations do not).
+    global fit the coordinate-wise refinement alone ends 0.043 LRT units below HyPhy at codon
+    126 and changes its class, also with 10 rounds or 2 polish iterations; 4 give HyPhy's
+    classification everywhere (min ΔLRT −0.023; ``benchmarks/site_classes_variants.py``).
 
     Run it in a one-CPU process (:mod:`.isolated`): with two XLA threads it deadlocks XLA:CPU
     (jaxlib 0.10.2) at random.
@@ -447,11 +423,7 @@ def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: in
     tips = np.asarray(tips)
     site_count, _, state_count = tips.shape
     nuisance = bool(problem.has_background)
-    per_site = 8 * np.asarray(problem.operations).shape[0] * (len(_U_GRID) + 1) * state_count
-    chunk = _bucket(site_count)
-    while chunk > 8 and chunk * per_site > SITE_BUFFER_BYTES:
-        chunk = _bucket(chunk // 2) if chunk > 64 else chunk // 2
-    padded = -(-site_count // chunk) * chunk
+    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count)
     if padded > site_count:
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
     static = (bool(srv), nuisance, steps, rounds)

@@ -123,30 +123,17 @@ def _tip_coordinates(tips, eig, shared: bool):
 
 
 # --------------------------------------------------------------------------- fast path
-def _batch_loglik(u, tip_w, problem, eig, shared: bool):
-    """Site log-likelihoods at scales ``r = exp(u)``: ``u [site, m]``, ``tip_w [site, taxon,
-    state]`` tips in eigen coordinates (:func:`_tip_coordinates`).
+def _eigen_pruning(tip_w, operations, m: int, up, into_eig):
+    """Scaled pruning with partials in eigen coordinates, ``m`` scales per site; returns the
+    root's ``(partial [site, m, state], log scaler [site, m])``.
 
-    ``eig = (to_state, to_eig, lam)`` of ``(cos phi R_S + sin phi R_N) diag(pi)``, one for all
-    sites (``shared``) or one per site (leading site axis). ``P_b x = V (e^{lam r t_b} * (V^-1 x))``;
-    partials are stored in eigen coordinates, so every branch costs one product back to states
-    (per child) and every internal node one product into eigen coordinates: 3 matrix products per
-    operation instead of 4, and none for tips. With a shared eigensystem each product is one
-    matrix-matrix product over all sites and scales. Scaled pruning (per-partial maximum divided
-    out, its log accumulated). Returns ``[site, m]``.
+    ``up(n, w)``: eigen coordinates ``w`` at the bottom of branch ``n`` -> partial (state
+    coordinates) at its top; ``into_eig(parent, x)``: a parent's partial -> its eigen coordinates.
+    Tips ``tip_w [site, taxon, state]`` are already in eigen coordinates. The per-partial maximum
+    is divided out and its log accumulated.
     """
-    to_state, to_eig, lam = eig
-    times = jnp.asarray(problem.times)
-    operations = jnp.asarray(problem.operations)
     site_count, leaf_count, state_count = tip_w.shape
-    m = u.shape[1]
-    r = jnp.exp(u)
-    lam_b = lam if shared else lam[:, None, :]
     op_count = operations.shape[0]
-
-    def up(n, w):  # eigen coordinates at the bottom of branch n -> partial at its top
-        rt = (r * times[n])[..., None]
-        return _product(to_state, w * jnp.exp(lam_b * rt), shared)
 
     def fetch(inner, scalers, n):
         is_tip = n < leaf_count
@@ -165,7 +152,7 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
         mx = jnp.max(x, axis=-1)
         safe = jnp.where(mx > 0, mx, 1.0)
         i = op[0] - leaf_count
-        w = _product(to_eig, x / safe[..., None], shared)
+        w = into_eig(op[0], x / safe[..., None])
         inner = lax.dynamic_update_index_in_dim(inner, w, i, 0)
         scalers = lax.dynamic_update_index_in_dim(scalers, sa + sb + jnp.log(safe), i, 0)
         return (inner, scalers), None
@@ -173,10 +160,38 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
     inner = jnp.zeros((op_count, site_count, m, state_count), tip_w.dtype)
     scalers = jnp.zeros((op_count, site_count, m), tip_w.dtype)
     (inner, scalers), _ = lax.scan(step, (inner, scalers), operations)
+    return inner[-1], scalers[-1]
+
+
+def _batch_loglik(u, tip_w, problem, eig, shared: bool):
+    """Site log-likelihoods at scales ``r = exp(u)``: ``u [site, m]``, ``tip_w [site, taxon,
+    state]`` tips in eigen coordinates (:func:`_tip_coordinates`).
+
+    ``eig = (to_state, to_eig, lam)`` of ``(cos phi R_S + sin phi R_N) diag(pi)``, one for all
+    sites (``shared``) or one per site (leading site axis). ``P_b x = V (e^{lam r t_b} * (V^-1 x))``;
+    partials are stored in eigen coordinates, so every branch costs one product back to states
+    (per child) and every internal node one product into eigen coordinates: 3 matrix products per
+    operation instead of 4, and none for tips. With a shared eigensystem each product is one
+    matrix-matrix product over all sites and scales. Scaled pruning (per-partial maximum divided
+    out, its log accumulated). Returns ``[site, m]``.
+    """
+    to_state, to_eig, lam = eig
+    times = jnp.asarray(problem.times)
+    operations = jnp.asarray(problem.operations)
+    m = u.shape[1]
+    r = jnp.exp(u)
+    lam_b = lam if shared else lam[:, None, :]
+
+    def up(n, w):  # eigen coordinates at the bottom of branch n -> partial at its top
+        rt = (r * times[n])[..., None]
+        return _product(to_state, w * jnp.exp(lam_b * rt), shared)
+
+    inner, scalers = _eigen_pruning(tip_w, operations, m, up,
+                                    lambda parent, x: _product(to_eig, x, shared))  # fmt: skip
     # pi . x_root = pi . (V w_root) = w_root . (V^T pi)
     root = to_state @ jnp.asarray(problem.frequencies)
-    lik = jnp.sum(inner[-1] * (root if shared else root[:, None, :]), axis=-1)
-    return jnp.log(jnp.maximum(lik, 1e-300)) + scalers[-1]
+    lik = jnp.sum(inner * (root if shared else root[:, None, :]), axis=-1)
+    return jnp.log(jnp.maximum(lik, 1e-300)) + scalers
 
 
 _FD = 1e-3  # central-difference step in u = log r
@@ -289,6 +304,20 @@ def _parabola_vertex(x, f):
     return vertex, (a < 0) & (jnp.abs(den) > 1e-300)
 
 
+def _parabolic_probe(xs, fs, xb, lo, hi, gap: float):
+    """Next point of successive parabolic interpolation for every site: the vertex of the
+    parabola through ``xs, fs [site, 3]`` when it is a maximum inside ``(lo, hi)``, else the
+    midpoint of the larger side of the bracket around the best point ``xb``; moved off points
+    already evaluated (relative distance ``gap``)."""
+    vertex, concave = _parabola_vertex(xs, fs)
+    left, right = xb - lo, hi - xb
+    fallback = jnp.where(left > right, xb - 0.5 * left, xb + 0.5 * right)
+    cand = jnp.where(concave & (vertex > lo) & (vertex < hi), vertex, fallback)
+    gap = gap * (1.0 + jnp.abs(cand))
+    too_close = jnp.min(jnp.abs(xs - cand[:, None]), axis=1) < gap
+    return jnp.where(too_close, jnp.clip(cand + 10 * gap, lo, hi), cand)
+
+
 def _grid_point(phi, u, tips, problem):
     """One Newton step in ``u`` at a grid angle (eigensystem shared by all sites).
 
@@ -372,15 +401,7 @@ def _fast_driver(
         best = jnp.argmax(fs, axis=1)
         xb = jnp.take_along_axis(xs, best[:, None], 1)[:, 0]
         ub = jnp.take_along_axis(us, best[:, None], 1)[:, 0]
-        vertex, concave = _parabola_vertex(xs, fs)
-        # fallback: the midpoint of the larger side of the bracket around the best point
-        left, right = xb - lo, hi - xb
-        fallback = jnp.where(left > right, xb - 0.5 * left, xb + 0.5 * right)
-        cand = jnp.where(concave & (vertex > lo) & (vertex < hi), vertex, fallback)
-        # keep the probe away from points already evaluated
-        gap = 1e-7 * (1.0 + jnp.abs(cand))
-        too_close = jnp.min(jnp.abs(xs - cand[:, None]), axis=1) < gap
-        cand = jnp.where(too_close, jnp.clip(cand + 10 * gap, lo, hi), cand)
+        cand = _parabolic_probe(xs, fs, xb, lo, hi, 1e-7)
         uc, fc = _profile_per_site(jnp.arctan(jnp.exp(cand)), ub, tips, problem, refine_steps)
         worst = jnp.argmin(fs, axis=1)
         replace = jax.nn.one_hot(worst, 3, dtype=bool) & (fc > jnp.min(fs, axis=1))[:, None]

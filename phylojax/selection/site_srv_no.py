@@ -30,7 +30,7 @@ from .site_fits import (
     _batch_loglik,
     _bucket,
     _eig,
-    _parabola_vertex,
+    _parabolic_probe,
     _tip_coordinates,
 )
 
@@ -66,13 +66,7 @@ def _driver(tips, problem, grid, refine_rounds: int):
     def round_(_, state):
         xs, fs, best_s, best_f = state
         xb = jnp.take_along_axis(xs, jnp.argmax(fs, axis=1)[:, None], 1)[:, 0]
-        vertex, concave = _parabola_vertex(xs, fs)
-        left, right = xb - lo, hi - xb
-        fallback = jnp.where(left > right, xb - 0.5 * left, xb + 0.5 * right)
-        cand = jnp.where(concave & (vertex > lo) & (vertex < hi), vertex, fallback)
-        gap = 1e-9 * (1.0 + jnp.abs(cand))
-        too_close = jnp.min(jnp.abs(xs - cand[:, None]), axis=1) < gap
-        cand = jnp.where(too_close, jnp.clip(cand + 10 * gap, lo, hi), cand)
+        cand = _parabolic_probe(xs, fs, xb, lo, hi, 1e-9)
         fc = _at_beta(jnp.exp(cand), tips, problem, False)
         replace = jax.nn.one_hot(jnp.argmin(fs, axis=1), 3, dtype=bool) & (
             fc > jnp.min(fs, axis=1))[:, None]  # fmt: skip
