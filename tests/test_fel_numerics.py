@@ -8,7 +8,7 @@ import scipy.linalg
 from scipy.special import logsumexp
 
 from phylojax.models.codon import mg94_parts
-from phylojax.selection.site_fits import SiteProblem, fit_sites_fast
+from phylojax.selection.site_fits import UPPER, SiteProblem, fit_sites_fast
 from phylojax.selection.site_srv_no import fit_sites_srv_no
 
 LEAVES = 300
@@ -80,6 +80,10 @@ def test_fast_path_large_tree_extreme_lengths(problem):
     for arr in (fits.alpha, fits.beta, fits.alt_loglik, fits.null_loglik):
         assert np.all(np.isfinite(arr))
     assert np.all(fits.alt_loglik >= fits.null_loglik) and np.all(fits.alt_loglik < 0)
+    # every rate within HyPhy's bounds [0, 10000], also on saturated random-codon sites (which
+    # reached beta ~ 14142 when the bound was put on r = |(alpha, beta)| instead)
+    for arr in (fits.alpha, fits.beta, fits.null_rate):
+        assert np.all(arr >= 0) and np.all(arr <= UPPER * (1 + 1e-12)), arr
     ops, times, pi = np.asarray(prob.operations), np.asarray(prob.times), np.asarray(prob.frequencies)
     for s in (0, 7):
         q = _q(prob, fits.alpha[s], fits.beta[s])

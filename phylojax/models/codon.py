@@ -268,6 +268,14 @@ mg94_parts_jit = jax.jit(mg94_parts, static_argnums=2)
 expected_rate_jit = jax.jit(expected_rate)
 
 
+def expected_rate_np(r, frequencies) -> float:
+    """:func:`expected_rate` in numpy, for concrete arrays outside a trace: nothing to compile
+    (op-by-op JAX here cost a compilation of ``add`` and of ``expected_rate`` on every first
+    run, each waiting behind the large programs compiling in the background)."""
+    r, pi = np.asarray(r, dtype=np.float64), np.asarray(frequencies, dtype=np.float64)
+    return float(pi @ (r - np.diag(np.diag(r))) @ pi)
+
+
 def model_from_spec(spec, problem, code: int | str = 1):
     """``(ReversibleModel, RateModel)`` for a codon :class:`~phylojax.models.spec.ModelSpec`
     (MGK{kappa,omega} or MG94xREV{AC,AG,AT,CG,CT,omega}, GT = 1), frequencies counted from

@@ -22,7 +22,7 @@ from ..errors import input_error
 from ..io import Alignment, parse_newick, tree_for_alignment
 from ..likelihood.api import make_data
 from ..likelihood.topology import build_topology
-from ..models.codon import codon_frequencies, expected_rate_jit, mg94_parts_jit, position_counts
+from ..models.codon import codon_frequencies, expected_rate_np, mg94_parts_jit, position_counts
 from ..patterns import compress
 from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
@@ -241,8 +241,8 @@ def fel(
     timers["Model fitting"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    r_s, r_n, pi = mg94_parts_jit(gfit.theta, g, code)
-    full_rate = float(expected_rate_jit(r_s + r_n, pi))
+    r_s, r_n, pi = (np.asarray(a) for a in mg94_parts_jit(gfit.theta, g, code))
+    full_rate = expected_rate_np(r_s + r_n, pi)
     codon_count = aln.site_count // 3
     cols = {k: np.zeros(codon_count) for k in ("alpha", "beta", "null", "lrt", "tbl", "alt", "nul")}
     beta_bg = np.full(codon_count, np.nan)

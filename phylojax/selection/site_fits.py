@@ -40,6 +40,12 @@ UPPER = 10000.0  # HyPhy's bound on every rate parameter
 _U_MIN, _U_MAX = math.log(1e-9), math.log(UPPER * math.sqrt(2.0))
 
 
+def _u_max(phi):
+    """Largest ``u = log r`` with ``alpha = r cos phi`` and ``beta = r sin phi`` both within
+    ``UPPER`` (``_U_MAX`` at ``phi = pi/4``, ``log UPPER`` on the boundaries)."""
+    return math.log(UPPER) - jnp.log(jnp.maximum(jnp.cos(phi), jnp.sin(phi)))
+
+
 class SiteProblem(eqx.Module):
     """Everything fixed during the site fits (arrays, numpy or JAX).
 
@@ -197,14 +203,15 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
 _FD = 1e-3  # central-difference step in u = log r
 
 
-def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool):
+def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool, u_max=_U_MAX):
     """Log-likelihood at ``u`` and a safeguarded Newton step in ``u = log r`` for every site.
 
     Derivatives are central differences at ``u - h, u, u + h`` (``h = 1e-3``; the gradient error
     is O(h^2) ~ 1e-7 and moves the maximiser negligibly): the three evaluations are one batched
     pruning pass (:func:`_batch_loglik`). Returns ``(value, step, predicted)`` with the step
-    clipped to 2 log units (``sign(g)`` where the profile is not concave) and ``predicted`` the
-    quadratic model's value after the step (``value`` where not concave).
+    clipped to 2 log units (``sign(g)`` where the profile is not concave) and to
+    ``[_U_MIN, u_max]``, and ``predicted`` the quadratic model's value after that step (``value``
+    where not concave): at a bound the model predicts no gain beyond it.
     """
     out = _batch_loglik(u[:, None] + jnp.array([-_FD, 0.0, _FD]), tip_w, problem, eig, shared)
     lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
@@ -212,26 +219,28 @@ def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool):
     h = (hi - 2 * val + lo) / _FD**2
     concave = h < 0
     d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
+    d = jnp.clip(u + d, _U_MIN, u_max) - u
     predicted = val + jnp.where(concave, g * d + 0.5 * h * d * d, 0.0)
     return val, d, jnp.maximum(predicted, val)
 
 
-def _newton_log_scale(u, tip_w, problem, eig, steps: int, shared: bool):
-    """Maximise every site over ``u = log r`` (safeguarded Newton); ``u [site]``; returns
-    ``(u_best, f_best)``.
+def _newton_log_scale(u, tip_w, problem, eig, steps: int, shared: bool, u_max=_U_MAX):
+    """Maximise every site over ``u = log r`` (safeguarded Newton) within ``[_U_MIN, u_max]``
+    (``u_max`` scalar or ``[site]``); ``u [site]``; returns ``(u_best, f_best)``.
 
     Steps from :func:`_newton_in_log_scale`; a step that did not improve is halved back
     towards the best point.
     """
+    u = jnp.clip(u, _U_MIN, u_max)
 
     def body(_, state):
         x, best_x, best_f = state
-        val, newton, _ = _newton_in_log_scale(x, tip_w, problem, eig, shared)
+        val, newton, _ = _newton_in_log_scale(x, tip_w, problem, eig, shared, u_max)
         better = val >= best_f
         best_x = jnp.where(better, x, best_x)
         best_f = jnp.where(better, val, best_f)
         x_new = jnp.where(better, x + newton, 0.5 * (x + best_x))
-        return jnp.clip(x_new, _U_MIN, _U_MAX), best_x, best_f
+        return jnp.clip(x_new, _U_MIN, u_max), best_x, best_f
 
     # ``steps`` evaluations; the best evaluated point is returned (the last update is dropped)
     _, best_x, best_f = lax.fori_loop(0, steps, body, (u, u, jnp.full_like(u, -jnp.inf)))
@@ -256,14 +265,14 @@ def _profile_shared(phi, u0, tips, problem, steps, scan_grid: bool = False):
         )
         f = _batch_loglik(grid, tip_w, problem, eig, True)
         u0 = jnp.take_along_axis(grid, jnp.argmax(f, axis=1)[:, None], 1)[:, 0]
-    return _newton_log_scale(u0, tip_w, problem, eig, steps, True)
+    return _newton_log_scale(u0, tip_w, problem, eig, steps, True, _u_max(phi))
 
 
 def _profile_per_site(phi, u0, tips, problem, steps):
     """Profile over ``r`` with a different ``phi`` (and eigensystem, one batched eigh) per site."""
     eig = jax.vmap(lambda p: _eig(problem, jnp.cos(p), jnp.sin(p)))(phi)
     tip_w = _tip_coordinates(tips, eig, False)
-    return _newton_log_scale(u0, tip_w, problem, eig, steps, False)
+    return _newton_log_scale(u0, tip_w, problem, eig, steps, False, _u_max(phi))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,8 +336,10 @@ def _grid_point(phi, u, tips, problem):
     """
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
-    val, d, predicted = _newton_in_log_scale(u, tip_w, problem, eig, True)
-    return jnp.clip(u + d, _U_MIN, _U_MAX), val, predicted
+    u_max = _u_max(phi)
+    u = jnp.minimum(u, u_max)
+    val, d, predicted = _newton_in_log_scale(u, tip_w, problem, eig, True, u_max)
+    return jnp.clip(u + d, _U_MIN, u_max), val, predicted
 
 
 def _fast_driver(
@@ -349,26 +360,36 @@ def _fast_driver(
     k_count = grid.shape[0]
     mid = k_count // 2
 
-    def scan_from(points):
-        def step(u, p):
-            def newton(_, c):
-                u, best_u, best_f, _ = c
-                u_next, val, pred = _grid_point(p, u, tips, problem)
-                better = val >= best_f
-                return (u_next, jnp.where(better, u, best_u), jnp.maximum(val, best_f), pred)
+    # One scan over both directions (up from the null, then down from it again): one copy of
+    # the pass in the compiled program instead of two (the first run's compile time).
+    n_up = k_count - mid - 1
+    points = jnp.concatenate([grid[mid + 1 :], grid[:mid][::-1]])
 
-            init = (u, u, jnp.full_like(u, -jnp.inf), jnp.zeros_like(u))
-            u_next, best_u, best_f, pred = lax.fori_loop(0, grid_steps, newton, init)
-            # rank by the model's maximum from the last step; continue from the Newton update
-            return u_next, (best_u, best_f, jnp.maximum(pred, best_f), u_next)
+    def step(u, ip):
+        i, p = ip
+        u = jnp.where(i == n_up, u_null, u)  # the down direction restarts at the null
+        u = jnp.minimum(u, _u_max(p))  # continued from an angle with another bound
 
-        return lax.scan(step, u_null, points)[1]
+        def newton(_, c):
+            u, best_u, best_f, _ = c
+            u_next, val, pred = _grid_point(p, u, tips, problem)
+            better = val >= best_f
+            return (u_next, jnp.where(better, u, best_u), jnp.maximum(val, best_f), pred)
 
-    up_u, up_f, up_p, up_n = scan_from(grid[mid + 1 :])
-    down_u, down_f, down_p, down_n = scan_from(grid[:mid][::-1])
-    # the two boundary points (beta = 0, alpha = 0) are candidates in their own right: converge r
-    u_lo, f_lo = _profile_shared(grid[0], down_n[-1], tips, problem, boundary_steps, True)
-    u_hi, f_hi = _profile_shared(grid[-1], up_n[-1], tips, problem, boundary_steps, True)
+        init = (u, u, jnp.full_like(u, -jnp.inf), jnp.zeros_like(u))
+        u_next, best_u, best_f, pred = lax.fori_loop(0, grid_steps, newton, init)
+        # rank by the model's maximum from the last step; continue from the Newton update
+        return u_next, (best_u, best_f, jnp.maximum(pred, best_f), u_next)
+
+    scanned = lax.scan(step, u_null, (jnp.arange(points.shape[0]), points))[1]
+    up_u, up_f, up_p, up_n = (a[:n_up] for a in scanned)
+    down_u, down_f, down_p, down_n = (a[n_up:] for a in scanned)
+    # the two boundary points (beta = 0, alpha = 0) are candidates in their own right: converge
+    # r (one lax.map over the two, again one copy of the pass)
+    (u_lo, u_hi), (f_lo, f_hi) = lax.map(
+        lambda a: _profile_shared(a[0], a[1], tips, problem, boundary_steps, True),
+        (jnp.stack([grid[0], grid[-1]]), jnp.stack([down_n[-1], up_n[-1]])),
+    )
 
     def along(lo_, down, centre, up, hi_):
         return jnp.concatenate([lo_[None], down[:-1][::-1], centre[None], up[:-1], hi_[None]]).T
@@ -466,8 +487,8 @@ def _fast_grid(grid_size: int, omega_range: float):
 
 
 def _fast_program(problem, site_count, taxon_count, state_count, grid_size=25,
-                  omega_range=1e4, refine_rounds=4, null_steps=5, grid_steps=3,
-                  boundary_steps=5, refine_steps=3):  # fmt: skip
+                  omega_range=1e4, refine_rounds=3, null_steps=5, grid_steps=3,
+                  boundary_steps=3, refine_steps=3):  # fmt: skip
     """``(program, tips shape, chunk, padded, grid, static)`` of one fast-path call."""
     op_count = np.shape(problem.operations)[0]
     chunk, padded = _fast_layout(op_count, site_count, state_count)
@@ -496,11 +517,12 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
 
     One compiled function: the null at ``phi = pi/4`` (one eigensystem), a grid of
     ``grid_size`` (25) angles over ``[0, pi/2]`` (one batched ``eigh``, shared by all sites), then
-    ``refine_rounds`` (4) rounds of successive parabolic interpolation of the profile
+    ``refine_rounds`` (3) rounds of successive parabolic interpolation of the profile
     ``max_r l(r cos phi, r sin phi)`` inside the grid bracket (one ``eigh`` per site and round) and
     a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape. Settings
     (keyword): ``grid_size``, ``omega_range`` (1e4), ``refine_rounds``, ``null_steps`` (5),
-    ``grid_steps`` (3), ``boundary_steps`` (5), ``refine_steps`` (3).
+    ``grid_steps`` (3), ``boundary_steps`` (3), ``refine_steps`` (3). The defaults were chosen
+    against a high-effort fit in ``benchmarks/site_stage_variants.py`` (RESULTS_fel.md).
     """
     tips = np.asarray(tips)
     site_count, taxon_count, state_count = tips.shape
