@@ -4,6 +4,7 @@ chunked driver's time and memory.
     python benchmarks/site_stage_variants.py --set rbp3.nex [--variants "{'grid_size': 17}" ...]
     python benchmarks/site_stage_variants.py --set HIV_RT.nex --chunks
     python benchmarks/site_stage_variants.py --set CD2.nex --srv-no [--variants ...]
+    PHYLOJAX_CACHE_DIR=off python benchmarks/site_stage_variants.py --set HepatitisD.nex --compile
 
 The global fit is run once (our own, as in ``phylojax fel``) and the site stage is then timed
 warm. ``--variants``: each keyword set of ``fit_sites_fast`` is compared per site with a reference
@@ -11,7 +12,8 @@ fit (grid 49, 8 refinement rounds, 4 grid steps): min ΔLRT, sites below −1e-3
 the driver with and without the site chunking (``SITE_BUFFER_BYTES``): time, XLA's temporary
 bytes, and the largest per-site difference. ``--srv-no``: the same for the ``--srv No`` profile
 path (``site_srv_no.fit_sites_srv_no``; reference grid 120, 20 refinement rounds), differences in
-the alternative lnL.
+the alternative lnL. ``--compile``: lowering and compilation time of the fast-path program for
+the set's shape and the size of its StableHLO text (run with the compilation cache off).
 """
 
 from __future__ import annotations
@@ -66,9 +68,20 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=[])
     ap.add_argument("--chunks", action="store_true")
     ap.add_argument("--srv-no", action="store_true", help="the --srv No profile path")
+    ap.add_argument("--compile", action="store_true", help="compile time of the fast path")
     args = ap.parse_args()
     problem, tips = site_problem(args.set)
     print(f"{args.set}: {len(tips)} variable patterns")
+    if args.compile:
+        program, shape, _, _, grid, static = S._fast_program(problem, *tips.shape)
+        t = time.perf_counter()
+        lowered = program.lower(jax.ShapeDtypeStruct(shape, tips.dtype), problem, grid, *static)
+        t_lower = time.perf_counter() - t
+        t = time.perf_counter()
+        lowered.compile()
+        print(f"lowering {t_lower:.2f} s, compilation {time.perf_counter() - t:.2f} s, "
+              f"StableHLO {len(lowered.as_text())} characters")  # fmt: skip
+        return
     if args.srv_no:
         from phylojax.selection.site_srv_no import fit_sites_srv_no
 

@@ -265,7 +265,6 @@ def expected_rate(r, frequencies) -> Array:
 
 # jitted forms for callers outside a trace (FEL's setup and reports): one program each
 mg94_parts_jit = jax.jit(mg94_parts, static_argnums=2)
-expected_rate_jit = jax.jit(expected_rate)
 
 
 def expected_rate_np(r, frequencies) -> float:

@@ -43,6 +43,7 @@ from .site_fits import (
     _U_MIN,
     SiteFits,
     SiteProblem,
+    _central_newton,
     _eig,
     _eigen_pruning,
     _fast_layout,
@@ -136,11 +137,8 @@ def _profile(f, u, free_scale: bool, steps: int, scan_grid: bool = False):
     def body(_, state):
         x, best_x, best_f = state
         out = f(x[:, None] + offsets)
-        lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
-        g = (hi - lo) / (2 * _FD)
-        h = (hi - 2 * val + lo) / _FD**2
-        concave = h < 0
-        d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
+        val = out[:, 1]
+        _, _, d = _central_newton(out)
         better = val >= best_f
         best_x = jnp.where(better, x, best_x)
         best_f = jnp.where(better, val, best_f)

@@ -203,6 +203,17 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
 _FD = 1e-3  # central-difference step in u = log r
 
 
+def _central_newton(out):
+    """``(g, h, step)`` from values ``out [site, 3]`` at ``u - h, u, u + h`` (``h = _FD``): central
+    differences and the Newton step clipped to 2 log units (``sign(g)`` where not concave)."""
+    lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
+    g = (hi - lo) / (2 * _FD)
+    h = (hi - 2 * val + lo) / _FD**2
+    concave = h < 0
+    d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
+    return g, h, d
+
+
 def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool, u_max=_U_MAX):
     """Log-likelihood at ``u`` and a safeguarded Newton step in ``u = log r`` for every site.
 
@@ -214,11 +225,9 @@ def _newton_in_log_scale(u, tip_w, problem, eig, shared: bool, u_max=_U_MAX):
     where not concave): at a bound the model predicts no gain beyond it.
     """
     out = _batch_loglik(u[:, None] + jnp.array([-_FD, 0.0, _FD]), tip_w, problem, eig, shared)
-    lo, val, hi = out[:, 0], out[:, 1], out[:, 2]
-    g = (hi - lo) / (2 * _FD)
-    h = (hi - 2 * val + lo) / _FD**2
+    val = out[:, 1]
+    g, h, d = _central_newton(out)
     concave = h < 0
-    d = jnp.clip(jnp.where(concave, -g / jnp.where(concave, h, -1.0), jnp.sign(g)), -2.0, 2.0)
     d = jnp.clip(u + d, _U_MIN, u_max) - u
     predicted = val + jnp.where(concave, g * d + 0.5 * h * d * d, 0.0)
     return val, d, jnp.maximum(predicted, val)
@@ -336,8 +345,7 @@ def _grid_point(phi, u, tips, problem):
     """
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
-    u_max = _u_max(phi)
-    u = jnp.minimum(u, u_max)
+    u_max = _u_max(phi)  # the caller keeps u within it
     val, d, predicted = _newton_in_log_scale(u, tip_w, problem, eig, True, u_max)
     return jnp.clip(u + d, _U_MIN, u_max), val, predicted
 
