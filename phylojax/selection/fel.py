@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import aot
 from ..alphabets import codon_partials, nucleotide_partials
-from ..errors import input_error
+from ..errors import PrecisionError, input_error
 from ..io import Alignment, parse_newick, tree_for_alignment
 from ..likelihood.api import make_data
 from ..likelihood.topology import build_topology
@@ -26,13 +26,11 @@ from ..models.codon import codon_frequencies, expected_rate_np, mg94_parts_jit, 
 from ..patterns import compress
 from ..tree import Tree
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
+from .intervals import profile_ci
 from .isolated import fit_sites_classes_isolated
 from .site_fits import SiteFits, SiteProblem, compile_fast_later, fit_sites_fast
-from .site_fits import profile_dnds as _profile_r
 from .site_general import fit_sites_general
-from .site_srv_no import compile_srv_no_later, fit_sites_srv_no, profile_beta
-
-CHI2_HALF = 1.920729410347062  # chi2_1 0.95 quantile / 2
+from .site_srv_no import compile_srv_no_later, fit_sites_srv_no
 
 
 def chi2_1_sf(lrt):
@@ -220,6 +218,10 @@ def fel(
     """
     import contextlib
 
+    if not jax.config.jax_enable_x64:  # float32 gives NaN site fits, not a slightly worse answer
+        raise PrecisionError(
+            "fel needs float64: call jax.config.update('jax_enable_x64', True) before any JAX "
+            "work (the phylojax command line does)")  # fmt: skip
     stage = stage or (lambda desc: contextlib.nullcontext())
     timers = {}
     t0 = time.perf_counter()
@@ -227,11 +229,6 @@ def fel(
     _, g = codon_frequencies(counts, "CF3X4", code)
     if rate_frequencies is not None:
         g = np.asarray(rate_frequencies, dtype=np.float64).reshape(3, 4)
-    if ci and any(np.asarray(p.data.background).any() for p in parts):
-        raise input_error(
-            f"--ci with --branches {branches}: the profile interval of dN/dS needs the nuisance "
-            "beta of the background branches re-optimised at every point, which is not "
-            "implemented; use --branches All for intervals", file=aln.source)  # fmt: skip
     # compile the MG94 objective and the site fits' program while the GTR fit runs
     global_job = compile_global_later([p.data for p in parts], g, code)
     patterns = [_variable_patterns(p) for p in parts]  # (tips, variable indices, constant mask)
@@ -261,7 +258,7 @@ def fel(
         tips, var, is_const = patterns[k]
         with stage(f"Site fits, partition {k + 1}/{len(parts)} ({len(var)} patterns)"):
             aot.wait(site_jobs[k])
-            fits = _fit(problem, tips[var], srv)
+            fits = _fit(problem, tips[var], srv, ci=ci)
         tested_time = float(np.sum(times[~part.data.background]))
         site = part.codon_patterns.site_to_pattern
         where = part.columns
@@ -332,7 +329,9 @@ def _compile_sites_later(part, patterns, srv: bool):
     return later(problem, len(var), tips.shape[1], states, tips.dtype)
 
 
-def _fit(problem: SiteProblem, tips, srv: bool) -> SiteFits:
+def _fit(problem: SiteProblem, tips, srv: bool, ci: bool = False) -> SiteFits:
+    """Null and alternative fits of every site; with background branches and ``ci``, the child
+    that fits them computes the profile intervals too (``SiteFits.dnds_ci``)."""
     if len(tips) == 0:
         e = np.zeros(0)
         return SiteFits(e, e, e, e, e, e, e)
@@ -340,7 +339,7 @@ def _fit(problem: SiteProblem, tips, srv: bool) -> SiteFits:
         return fit_sites_fast(problem, tips) if srv else fit_sites_srv_no(problem, tips)
     # background branches: the batched two-class fits in a one-CPU child process (XLA:CPU
     # deadlocks on them with two threads), else the sequential optax path
-    fits = fit_sites_classes_isolated(problem, tips, srv)
+    fits = fit_sites_classes_isolated(problem, tips, srv, ci=ci)
     return fits if fits is not None else fit_sites_general(problem, tips, srv=srv)
 
 
@@ -355,46 +354,13 @@ def _scatter(pattern_count, var, fits: SiteFits) -> dict:
 
 
 def _profile_ci(problem, tips, fits: SiteFits, srv: bool = True, iterations: int = 14) -> np.ndarray:
-    """True profile 95% interval of dN/dS = beta/alpha: ``l_prof >= l_max - 1.92`` (bisection on
-    ``phi = atan(dN/dS)``; under ``--srv Yes`` ``r`` is re-optimised at every point, under
-    ``--srv No`` alpha = 1 and the profile is the likelihood in beta). ``[site, (LB, MLE, UB)]``;
-    dN/dS capped at 10000 as in HyPhy. Background branches (a nuisance beta) are not handled
-    here: :func:`fel` refuses ``ci`` with them."""
-    if problem.has_background:
-        raise ValueError("_profile_ci: no profile with background branches")
-    alpha, beta = np.asarray(fits.alpha), np.asarray(fits.beta)
-    phi_hat = np.arctan2(beta, alpha)
-    r_hat = np.hypot(alpha, beta)
-    u0 = np.log(np.maximum(r_hat, 1e-9))
-    target = np.asarray(fits.alt_loglik) - CHI2_HALF
-    cap = 10000.0
-
-    def profile(phi):
-        if srv:
-            return np.asarray(_profile_r(problem, tips, phi, u0)[1])
-        return profile_beta(problem, tips, np.minimum(np.tan(phi), cap))
-
-    def bound(end):
-        inside = profile(np.full(len(tips), end)) >= target  # the interval reaches the boundary
-        lo, hi = (phi_hat.copy(), np.full(len(tips), end)) if end > 0 else (
-            np.full(len(tips), end), phi_hat.copy())
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            ok = profile(mid) >= target
-            if end > 0:
-                lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-            else:
-                lo, hi = np.where(ok, lo, mid), np.where(ok, mid, hi)
-        edge = lo if end > 0 else hi
-        return np.where(inside, end, edge)
-
-    ub = bound(math.pi / 2)
-    lb = bound(0.0)
-
-    def ratio(phi):
-        return np.where(phi >= math.pi / 2 - 1e-12, cap, np.minimum(np.tan(phi), cap))
-
-    return np.column_stack([ratio(lb), ratio(phi_hat), ratio(ub)])
+    """True profile 95% interval of dN/dS = beta/alpha, ``[site, (LB, MLE, UB)]``
+    (:func:`.intervals.profile_ci`): the one computed with the fits in the one-CPU child when
+    there are background branches, else computed here."""
+    if fits.dnds_ci is not None:
+        return np.asarray(fits.dnds_ci)
+    return profile_ci(problem, tips, fits, srv, iterations,
+                      site_chunk=8 if problem.has_background else None)  # fmt: skip
 
 
 def _bootstrap(problem, tips, fits: SiteFits, replicates: int, seed: int, srv: bool) -> np.ndarray:

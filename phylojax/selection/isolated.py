@@ -9,10 +9,12 @@ optax path (:mod:`.site_general`). That path barely uses a second core.
 
 So :func:`fit_sites_classes_isolated` writes the problem to a temporary ``.npz`` and runs
 ``python -c`` with the affinity set before anything imports JAX. The child reads the problem
-and writes the fits back. The persistent compilation cache is shared with the parent when the
+and writes the fits back (and, for ``--ci``, the profile intervals). With two CPUs and at least
+``2 * MIN_SITES_PER_CHILD`` sites, two children pinned to different CPUs take half of the sites
+each (sites are independent; the results are those of one child). The persistent compilation cache is shared with the parent when the
 parent has one.
 
-If the child fails, exceeds ``PHYLOJAX_CHILD_TIMEOUT`` seconds (default 3600), or uses no CPU for
+If a child fails, exceeds ``PHYLOJAX_CHILD_TIMEOUT`` seconds (default 3600), or uses no CPU for
 60 s (a deadlock: it waits without computing; read from ``/proc``), it is killed, the caller
 gets ``None`` and falls back to the sequential path. ``PHYLOJAX_BATCHED_GENERAL=off`` skips the
 child, and so does a platform without ``os.sched_setaffinity``.
@@ -34,6 +36,7 @@ import numpy as np
 from .site_fits import SiteFits, SiteProblem
 
 STALL_SECONDS = 60.0  # a child using no CPU this long is taken as deadlocked and killed
+MIN_SITES_PER_CHILD = 16  # below this a second child costs more (its start-up) than it saves
 _CHILD = """
 import os, sys
 os.sched_setaffinity(0, {{{cpu}}})
@@ -47,37 +50,61 @@ def available() -> bool:
     return hasattr(os, "sched_setaffinity") and flag not in ("off", "0", "no", "false")
 
 
-def fit_sites_classes_isolated(problem: SiteProblem, tips, srv: bool) -> SiteFits | None:
+def fit_sites_classes_isolated(problem: SiteProblem, tips, srv: bool, ci: bool = False) -> SiteFits | None:
     """Batched two-class site fits in a one-CPU child process; ``None`` when unavailable or the
-    child failed (the caller then uses :func:`.site_general.fit_sites_general`)."""
+    child failed (the caller then uses :func:`.site_general.fit_sites_general`). ``ci``: the
+    child also computes the profile intervals of dN/dS (:func:`.intervals.profile_ci`, in
+    ``SiteFits.dnds_ci``)."""
     if not available():
         return None
     import jax
 
     timeout = float(os.environ.get("PHYLOJAX_CHILD_TIMEOUT", "3600"))
     cache = jax.config.jax_compilation_cache_dir or ""
-    cpu = min(os.sched_getaffinity(0))
+    tips = np.asarray(tips)
+    # one child per CPU (at most two), each pinned to its own and given a share of the sites:
+    # sites are independent, and each child runs single-threaded anyway
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(tips) < 2 * MIN_SITES_PER_CHILD:
+        cpus = cpus[:1]
+    shares = np.array_split(np.arange(len(tips)), len(cpus))
     with tempfile.TemporaryDirectory(prefix="phylojax-sites-") as tmp:
-        inp, out = pathlib.Path(tmp) / "in.npz", pathlib.Path(tmp) / "out.npz"
-        np.savez(inp, syn=np.asarray(problem.syn), nonsyn=np.asarray(problem.nonsyn),
-                 frequencies=np.asarray(problem.frequencies), times=np.asarray(problem.times),
-                 background=np.asarray(problem.background),
-                 operations=np.asarray(problem.operations),
-                 has_background=bool(problem.has_background), tips=np.asarray(tips),
-                 srv=bool(srv))  # fmt: skip
-        cmd = [sys.executable, "-c", _CHILD.format(cpu=cpu), str(inp), str(out), cache]
-        err = pathlib.Path(tmp) / "stderr.txt"
-        with open(err, "w") as stderr:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
-            problem_text = _watch(proc, timeout)
-        if problem_text is None and (proc.returncode or not out.exists()):
-            problem_text = f"failed in the child process:\n{err.read_text()[-2000:]}"
+        procs = []
+        for k, (cpu, rows) in enumerate(zip(cpus, shares)):
+            inp, out = pathlib.Path(tmp) / f"in{k}.npz", pathlib.Path(tmp) / f"out{k}.npz"
+            np.savez(inp, syn=np.asarray(problem.syn), nonsyn=np.asarray(problem.nonsyn),
+                     frequencies=np.asarray(problem.frequencies), times=np.asarray(problem.times),
+                     background=np.asarray(problem.background),
+                     operations=np.asarray(problem.operations),
+                     has_background=bool(problem.has_background), tips=tips[rows],
+                     srv=bool(srv), ci=bool(ci))  # fmt: skip
+            cmd = [sys.executable, "-c", _CHILD.format(cpu=cpu), str(inp), str(out), cache]
+            err = pathlib.Path(tmp) / f"stderr{k}.txt"
+            stderr = open(err, "w")  # noqa: SIM115 -- closed below, after the child ends
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr),
+                          stderr, out, err))  # fmt: skip
+        problem_text = None
+        for proc, stderr, out, err in procs:
+            why = _watch(proc, timeout) if problem_text is None else _kill(proc)
+            stderr.close()
+            if why is None and (proc.returncode or not out.exists()):
+                why = f"failed in the child process:\n{err.read_text()[-2000:]}"
+            problem_text = problem_text or why
         if problem_text is not None:
             warnings.warn(f"batched site fits {problem_text}; using the sequential path",
                           RuntimeWarning, stacklevel=2)  # fmt: skip
             return None
-        with np.load(out) as d:
-            return SiteFits(**{f.name: d[f.name] for f in dataclasses.fields(SiteFits)})
+        parts = []
+        for _, _, out, _ in procs:
+            with np.load(out) as d:
+                parts.append({f.name: d[f.name] for f in dataclasses.fields(SiteFits) if f.name in d})
+        return SiteFits(**{key: np.concatenate([q[key] for q in parts]) for key in parts[0]})
+
+
+def _kill(proc: subprocess.Popen) -> str:
+    proc.kill()
+    proc.wait()
+    return "stopped after another child failed"
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -134,6 +161,10 @@ def _child_main(inp: str, out: str, cache: str) -> None:
             jnp.asarray(d["times"]), jnp.asarray(d["background"]), jnp.asarray(d["operations"]),
             has_background=bool(d["has_background"]),
         )  # fmt: skip
-        tips, srv = d["tips"], bool(d["srv"])
+        tips, srv, ci = d["tips"], bool(d["srv"]), bool(d["ci"])
     fits = fit_sites_classes(problem, tips, srv=srv)
-    np.savez(out, **dataclasses.asdict(fits))
+    if ci:
+        from .intervals import profile_ci
+
+        fits = dataclasses.replace(fits, dnds_ci=profile_ci(problem, tips, fits, srv))
+    np.savez(out, **{k: v for k, v in dataclasses.asdict(fits).items() if v is not None})

@@ -41,6 +41,7 @@ from .site_fits import (
     _U_GRID,
     _U_MAX,
     _U_MIN,
+    UPPER,
     SiteFits,
     SiteProblem,
     _central_newton,
@@ -120,18 +121,29 @@ def _site_eig(problem, phi):
     return jax.vmap(lambda p: _eig(problem, jnp.cos(p), jnp.sin(p)))(phi)
 
 
-def _profile(f, u, free_scale: bool, steps: int, scan_grid: bool = False):
+def _u_bound(*tangents):
+    """Largest ``u = log alpha`` with ``alpha`` and every ``alpha tan(angle)`` within UPPER."""
+    big = jnp.maximum(1.0, tangents[0])
+    for t in tangents[1:]:
+        big = jnp.maximum(big, t)
+    return math.log(UPPER) - jnp.log(big)
+
+
+def _profile(f, u, free_scale: bool, steps: int, scan_grid: bool = False, u_max=_U_MAX):
     """Maximise ``f(u [site, m]) -> [site, m]`` over ``u`` per site (``free_scale``) by
     safeguarded Newton on central differences; else evaluate at ``u`` (``alpha = 1``: ``u = 0``).
     Returns ``(u_best, f_best)``. ``scan_grid``: first take the better of ``u`` and the best of
-    the r-grid ``_U_GRID`` (one pass)."""
+    the r-grid ``_U_GRID`` (one pass). ``u`` stays within ``[_U_MIN, u_max]`` (scalar or
+    ``[site]``, :func:`_u_bound`: every rate within HyPhy's ``[0, 10000]``)."""
     if not free_scale:
         return u, f(u[:, None])[:, 0]
     if scan_grid:
         grid = jnp.concatenate(
             [u[:, None], jnp.broadcast_to(jnp.asarray(_U_GRID), (u.shape[0], len(_U_GRID)))], 1
         )
+        grid = jnp.minimum(grid, jnp.reshape(u_max, (-1, 1)))
         u = jnp.take_along_axis(grid, jnp.argmax(f(grid), axis=1)[:, None], 1)[:, 0]
+    u = jnp.clip(u, _U_MIN, u_max)
     offsets = jnp.array([-_FD, 0.0, _FD])
 
     def body(_, state):
@@ -143,7 +155,7 @@ def _profile(f, u, free_scale: bool, steps: int, scan_grid: bool = False):
         best_x = jnp.where(better, x, best_x)
         best_f = jnp.where(better, val, best_f)
         x_new = jnp.where(better, x + d, 0.5 * (x + best_x))
-        return jnp.clip(x_new, _U_MIN, _U_MAX), best_x, best_f
+        return jnp.clip(x_new, _U_MIN, u_max), best_x, best_f
 
     _, best_x, best_f = lax.fori_loop(0, steps, body, (u, u, jnp.full_like(u, -jnp.inf)))
     return best_x, best_f
@@ -178,7 +190,8 @@ def _grid_face(tips, problem, phis, psis, free_scale, steps, u0):
         psi = phis[i] if tied else psis[j]
         mult = jnp.broadcast_to(_multipliers(phis[i], psi), (site_count, 2))
         u_best, f_best = _profile(lambda v: _class_loglik(v, tip_w, problem, eig, mult, True),
-                                  u, free_scale, steps, scan_grid=False)  # fmt: skip
+                                  u, free_scale, steps, scan_grid=False,
+                                  u_max=_u_bound(jnp.tan(phis[i]), jnp.tan(psi)))  # fmt: skip
         return u_best, (f_best, u_best)
 
     f, u = lax.scan(step, u0, jnp.arange(i_count * j_count))[1]  # [J * I, site]
@@ -193,7 +206,7 @@ def _evaluate(tips, problem, phi, psi, e_test, e_bg, u, free_scale, steps):
     tip_w = _tips(tips, problem, eig, False)
     mult = _multipliers(phi, psi)
     return _profile(lambda v: _class_loglik(v, tip_w, problem, eig, mult, False), u, free_scale,
-                    steps)  # fmt: skip
+                    steps, u_max=_u_bound(jnp.tan(phi), jnp.tan(psi)))  # fmt: skip
 
 
 def _parabola_step(s, f0, fm, fp, delta):
@@ -291,8 +304,9 @@ def _zero_alpha(tips, problem, chis, steps, rounds, u0):
 
     def at(chi, u, scan_grid=False):
         mult = jnp.stack([jnp.cos(chi), jnp.sin(chi)], -1) * jnp.ones((site_count, 1))
+        u_max = math.log(UPPER) - jnp.log(jnp.maximum(jnp.cos(chi), jnp.sin(chi)))
         return _profile(lambda v: _class_loglik(v, tip_w, problem, eig, mult, True), u, True,
-                        steps, scan_grid)  # fmt: skip
+                        steps, scan_grid, u_max)  # fmt: skip
 
     def step(u, chi):
         ub, fb = at(chi, u, scan_grid=True)
@@ -336,7 +350,7 @@ def _driver(tips, problem, free_scale: bool, nuisance: bool, steps: int, rounds:
         tip_w = _tips(tips, problem, eig, True)
         mult = jnp.full((site_count, 2), math.sqrt(2.0))
         u0, _ = _profile(lambda v: _class_loglik(v, tip_w, problem, eig, mult, True), zeros,
-                         True, steps, scan_grid=True)  # fmt: skip
+                         True, steps, scan_grid=True, u_max=math.log(UPPER))  # fmt: skip
     else:
         u0 = zeros
     # ---- null: phi = pi/4 (alpha = beta), psi free with a nuisance
@@ -451,3 +465,112 @@ def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: in
     if not srv:
         null_rate = np.ones(site_count)
     return SiteFits(alpha, beta, beta_bg, null_rate, null_bg, f_alt, f_null)
+
+
+# --------------------------------------------------------------------------- profile (--ci)
+# background-angle starts of the profile over the nuisance: psi = 0 and beta_bg / alpha of 1e-2..1e2
+_CI_BG = _angles(np.array([1e-2, 1e-1, 1.0, 1e1, 1e2]))
+_RECOUPLE = 1  # alternations of (psi re-coupled to beta_bg, Newton in u) per start
+
+
+def _ci_profile(tips, problem, phi, starts, free_scale: bool, steps: int, rounds: int):
+    """Profile log-likelihood at per-site test angles ``phi`` (``beta = alpha tan phi``): the
+    maximum over the nuisance (``psi``, and ``u = log alpha`` with ``free_scale``) of every site.
+
+    ``starts [site, k, 2]``: per-site ``(psi, u)`` starts (the alternative's and the null's MLEs,
+    the optimum at a neighbouring angle); the shared background angles ``_CI_BG`` are starts too.
+    From each start ``u`` takes the best of the r-grid, then Newton. At a fixed ``beta / alpha``
+    the best ``alpha`` moves with the ratio, and at a fixed ``psi`` moving ``alpha`` drags
+    ``beta_bg = alpha tan psi`` along, so every per-site start is also tried *re-coupled*: ``psi``
+    reset to keep the start's ``beta_bg`` at the new ``alpha``, then Newton again. The best start
+    is refined coordinate-wise in ``psi`` (:func:`_refine_face`). With ``free_scale`` the
+    ``alpha = beta = 0`` point (``beta_bg`` free), which lies on every profile line, is a
+    candidate too. Returns ``(f, psi, u)``, each ``[site]`` (``psi, u`` of the best interior point).
+    """
+    site_count = tips.shape[0]
+    e_phi = _site_eig(problem, phi)
+
+    def at(psi, e_bg, u, scan_grid):
+        eig = _stack(e_phi, e_bg, False)
+        tip_w = _tips(tips, problem, eig, False)
+        mult = _multipliers(phi, psi)
+        return _profile(lambda v: _class_loglik(v, tip_w, problem, eig, mult, False), u,
+                        free_scale, steps, scan_grid and free_scale,
+                        _u_bound(jnp.tan(phi), jnp.tan(psi)))  # fmt: skip
+
+    e_grid = jax.vmap(lambda p: _shared_eig(problem, p))(jnp.asarray(_CI_BG))
+    u_mid = jnp.mean(starts[:, :, 1], axis=1)
+    k_site, k_grid = starts.shape[1], len(_CI_BG)
+
+    # one start after another (a scan; independent loops side by side deadlocked XLA:CPU, see
+    # _refine_face): the per-site starts with their own eigensystems, then the shared angles
+    def start(carry, k):
+        psi_b, u_b, f_b = carry
+        own = k < k_site
+        j = jnp.minimum(k, k_site - 1)
+        g = jnp.clip(k - k_site, 0, k_grid - 1)
+        psi = jnp.where(own, starts[:, j, 0], jnp.asarray(_CI_BG)[g])
+        u_s = jnp.where(own, starts[:, j, 1], u_mid)
+        e_bg = lax.cond(own, lambda: _site_eig(problem, psi), lambda: jax.tree.map(
+            lambda a: jnp.broadcast_to(a[g], (site_count,) + a.shape[1:]), e_grid))  # fmt: skip
+        uu, ff = at(psi, e_bg, u_s, True)
+
+        def recoupled():  # a few alternations: alpha may move by orders of magnitude
+            def once(_, c):
+                p1, u1, f1, u_ref = c
+                # beta_bg = alpha tan psi kept at the start's value, within [0, UPPER]
+                t = jnp.minimum(jnp.tan(p1) * jnp.exp(jnp.clip(u_ref - u1, -60.0, 60.0)),
+                                UPPER * jnp.exp(-u1))  # fmt: skip
+                p2 = jnp.where(p1 > 0, jnp.arctan(t), 0.0)
+                u2, f2 = at(p2, _site_eig(problem, p2), u1, False)
+                better = f2 > f1
+                return (jnp.where(better, p2, p1), jnp.where(better, u2, u1),
+                        jnp.maximum(f2, f1), jnp.where(better, u1, u_ref))  # fmt: skip
+
+            return lax.fori_loop(0, _RECOUPLE, once, (psi, uu, ff, u_s))[:3]
+
+        psi, uu, ff = lax.cond(own & free_scale, recoupled, lambda: (psi, uu, ff))
+        take = ff > f_b
+        return (jnp.where(take, psi, psi_b), jnp.where(take, uu, u_b), jnp.maximum(ff, f_b)), None
+
+    init = (starts[:, 0, 0], starts[:, 0, 1], jnp.full(site_count, -jnp.inf))
+    (psi, u, f), _ = lax.scan(start, init, jnp.arange(k_site + k_grid))
+    d_psi = math.log(_BG_OMEGA[1] / _BG_OMEGA[0])
+    _, psi, u, f = _refine_face(tips, problem, phi, psi, u, f, free_scale, False, False, rounds,
+                                steps, 0.0, d_psi)  # fmt: skip
+    if free_scale:
+        _, _, f_z = _zero_alpha(tips, problem, jnp.full((1,), math.pi / 2), steps, 0, u)
+        f = jnp.maximum(f, f_z)
+    return f, psi, u
+
+
+_CI_PROFILE = jax.jit(_ci_profile, static_argnums=(4, 5, 6))
+_CI_CHUNKED = jax.jit(
+    lambda tips, problem, phi, starts, *static: lax.map(
+        lambda a: _ci_profile(a[0], problem, a[1], a[2], *static), (tips, phi, starts)),
+    static_argnums=(4, 5, 6))  # fmt: skip
+
+
+def profile_classes(problem: SiteProblem, tips, phi, starts, *, srv: bool = True,
+                    steps: int = 3, rounds: int = 2) -> np.ndarray:  # fmt: skip
+    """Profile log-likelihood at test angles ``phi [site]`` with the nuisance (background angle
+    ``psi``, and ``u = log alpha`` under ``srv``) re-optimised from the ``starts [site, k, (psi,
+    u)]`` (:func:`_ci_profile`); returns ``(f, psi, u)`` as numpy ``[site]``. Sites are padded and chunked as in :func:`fit_sites_classes`,
+    so repeated calls (a bisection) reuse one compiled program. Run it where
+    :func:`fit_sites_classes` runs (a one-CPU process)."""
+    tips = np.asarray(tips)
+    site_count, _, state_count = tips.shape
+    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count)
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.repeat(a[:1], padded - site_count, 0)]) if padded > site_count else a
+
+    args = [pad(a) for a in (tips, phi, starts)]
+    static = (bool(srv), int(steps), int(rounds))
+    if padded == chunk:
+        out = _CI_PROFILE(jnp.asarray(args[0]), problem, *(jnp.asarray(a) for a in args[1:]), *static)
+    else:
+        shaped = [jnp.asarray(a.reshape((-1, chunk) + a.shape[1:])) for a in args]
+        out = _CI_CHUNKED(shaped[0], problem, *shaped[1:], *static)
+    return tuple(np.asarray(o).reshape(-1)[:site_count] for o in out)

@@ -290,7 +290,9 @@ class SiteFits:
 
     ``alpha``, ``beta``: alternative MLE; ``beta_background`` nuisance (nan when absent);
     ``null_rate``: alpha = beta under the null (nuisance under the null in
-    ``null_beta_background``); ``alt_loglik``, ``null_loglik`` per-site log-likelihoods.
+    ``null_beta_background``); ``alt_loglik``, ``null_loglik`` per-site log-likelihoods;
+    ``dnds_ci``: ``[site, (LB, MLE, UB)]`` profile intervals of dN/dS when the fitting process
+    computed them (background branches with ``--ci``), else ``None``.
     """
 
     alpha: np.ndarray
@@ -300,6 +302,7 @@ class SiteFits:
     null_beta_background: np.ndarray
     alt_loglik: np.ndarray
     null_loglik: np.ndarray
+    dnds_ci: np.ndarray | None = None
 
     @property
     def lrt(self) -> np.ndarray:
