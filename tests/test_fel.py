@@ -468,9 +468,9 @@ def test_ci_with_background_branches_is_the_profile_interval():
     """--ci with a nuisance beta on background branches (CD2 --branches Internal, HyPhy's global
     fit, the first 16 variable codons), computed in the one-CPU child with the fits: at every
     interior end of the interval the profile -- the site lnL maximised over alpha and beta_bg at
-    beta = omega alpha, here by scipy's bounded Nelder-Mead from several starts -- is within 0.03
-    of l_max - 1.92, and where the interval reaches 0 or 10000 the profile there is still above
-    that level."""
+    beta = omega alpha with every rate in [0, 10000], here by scipy's bounded Nelder-Mead from
+    several starts -- is within 0.03 of l_max - 1.92, and where the interval reaches 0 or 10000
+    the profile there is still above that level."""
     import jax
     from scipy.optimize import minimize
 
@@ -491,9 +491,10 @@ def test_ci_with_background_branches_is_the_profile_interval():
     assert np.all(lohi[:, 0] <= lohi[:, 1]) and np.all(lohi[:, 1] <= lohi[:, 2])
     assert np.all((lohi >= 0) & (lohi <= 10000.0))
     loglik = jax.jit(lambda x, t: _loglik_raw(x, t, problem, (True, True, False)))
-    box = [(np.log(1e-12), np.log(1e4))] * 2
 
     def profile(omega, i):
+        # every rate within [0, 10000], as in the fits: alpha <= 10000 / omega keeps beta there
+        box = [(np.log(1e-12), np.log(min(1e4, 1e4 / max(omega, 1e-12))))] + [(np.log(1e-12), np.log(1e4))]
         tip = jnp.asarray(var[i])
         a, b, bg = (max(float(v), 1e-9) for v in (fits.alpha[i], fits.beta[i], fits.beta_background[i]))
         starts = [(a, bg), (min(b / max(omega, 1e-12), 1e4), bg), (fits.null_rate[i], bg), (1.0, 1.0),
@@ -502,7 +503,7 @@ def test_ci_with_background_branches_is_the_profile_interval():
         for x0 in starts:
             res = minimize(lambda y: -float(loglik(jnp.array([np.exp(y[0]), omega * np.exp(y[0]),
                                                                np.exp(y[1])]), tip)),
-                           np.clip(np.log(np.maximum(x0, 1e-12)), box[0][0], box[0][1]),
+                           np.clip(np.log(np.maximum(x0, 1e-12)), [b[0] for b in box], [b[1] for b in box]),
                            method="Nelder-Mead", bounds=box,
                            options={"xatol": 1e-6, "fatol": 1e-8, "maxiter": 2000})  # fmt: skip
             best = max(best, -res.fun)
