@@ -51,6 +51,9 @@ from .site_fits import (
     _product,
 )  # fmt: skip
 
+# finer site buckets than the fast path's: each child (:mod:`.isolated`) compiles its own programs
+# anyway, and half of CD2's 174 sites pad to 96 rather than 128
+_CLASS_STEP = 32
 _TEST_OMEGA = np.exp(np.linspace(math.log(1e-4), math.log(1e4), 23))  # beta / alpha on the grid
 _BG_OMEGA = np.exp(np.linspace(math.log(1e-2), math.log(1e2), 8))  # beta_bg / alpha
 _CHI_RATIO = np.exp(np.linspace(math.log(1e-3), math.log(1e3), 11))  # beta_bg / beta at alpha = 0
@@ -435,7 +438,8 @@ def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: in
     tips = np.asarray(tips)
     site_count, _, state_count = tips.shape
     nuisance = bool(problem.has_background)
-    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count)
+    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count,
+                                 _CLASS_STEP)  # fmt: skip
     if padded > site_count:
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
     static = (bool(srv), nuisance, steps, rounds)
@@ -560,7 +564,8 @@ def profile_classes(problem: SiteProblem, tips, phi, starts, *, srv: bool = True
     :func:`fit_sites_classes` runs (a one-CPU process)."""
     tips = np.asarray(tips)
     site_count, _, state_count = tips.shape
-    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count)
+    chunk, padded = _fast_layout(np.shape(problem.operations)[0], site_count, state_count,
+                                 _CLASS_STEP)  # fmt: skip
 
     def pad(a):
         a = np.asarray(a)

@@ -479,15 +479,15 @@ _FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7))
 SITE_BUFFER_BYTES = 2**28
 
 
-def _fast_layout(op_count: int, site_count: int, state_count: int) -> tuple[int, int]:
+def _fast_layout(op_count: int, site_count: int, state_count: int, step: int = 64) -> tuple[int, int]:
     """``(chunk, padded)`` site rows of the fast path: the site axis is padded to a bucket size
     so that partitions / data sets of similar size share one compiled driver (padding rows repeat
     site 0 and are dropped); on large trees, sites go through in chunks whose partial buffers fit
-    SITE_BUFFER_BYTES."""
+    SITE_BUFFER_BYTES. ``step``: the bucket's granularity above 64 sites (:func:`_bucket`)."""
     per_site = 8 * op_count * (len(_U_GRID) + 1) * state_count
-    chunk = _bucket(site_count)
+    chunk = _bucket(site_count, step)
     while chunk > 8 and chunk * per_site > SITE_BUFFER_BYTES:
-        chunk = _bucket(chunk // 2) if chunk > 64 else chunk // 2
+        chunk = _bucket(chunk // 2, step) if chunk > 64 else chunk // 2
     return chunk, -(-site_count // chunk) * chunk
 
 
@@ -551,11 +551,11 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
     )  # fmt: skip
 
 
-def _bucket(n: int) -> int:
-    """Padded site count: powers of two up to 64, then multiples of 64."""
+def _bucket(n: int, step: int = 64) -> int:
+    """Padded site count: powers of two up to 64, then multiples of ``step``."""
     if n <= 64:
         return max(8, 1 << max(n - 1, 0).bit_length())
-    return -(-n // 64) * 64
+    return -(-n // step) * step
 
 
 _SHARED = jax.jit(_profile_shared, static_argnums=(4,))
