@@ -469,7 +469,7 @@ def test_ci_with_background_branches_is_the_profile_interval():
     fit, the first 16 variable codons), computed in the one-CPU child with the fits: at every
     interior end of the interval the profile -- the site lnL maximised over alpha and beta_bg at
     beta = omega alpha with every rate in [0, 10000], here by scipy's bounded Nelder-Mead from
-    several starts -- is within 0.03 of l_max - 1.92, and where the interval reaches 0 or 10000
+    several starts -- is within 0.01 of l_max - 1.92, and where the interval reaches 0 or 10000
     the profile there is still above that level."""
     import jax
     from scipy.optimize import minimize
@@ -514,7 +514,7 @@ def test_ci_with_background_branches_is_the_profile_interval():
         target = fits.alt_loglik[i] - CHI2_HALF
         for omega in lohi[i, [0, 2]]:
             if 0.0 < omega < 10000.0:
-                assert abs(profile(omega, i) - target) < 0.03, (i, omega)
+                assert abs(profile(omega, i) - target) < 0.01, (i, omega)
                 interior += 1
             else:
                 assert profile(max(omega, 1e-8), i) > target - 0.02, (i, omega)

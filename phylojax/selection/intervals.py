@@ -52,38 +52,51 @@ def bisect_interval(profile, phi_hat, target, hi_end: float, iterations: int = 1
 
 def false_position_interval(profile, phi_hat, f_hat, target, hi_end: float,
                             iterations: int = 10, tol: float = 1e-3):
-    """As :func:`bisect_interval`, by the Illinois variant of false position on ``profile(phi) -
-    target``, for the profile with a nuisance, whose evaluations cost far more than the fast
-    path's: at most ``iterations`` evaluations per end instead of bisection's 14. ``f_hat``: the profile at ``phi_hat`` (the
-    alternative's lnL). An end is the last point found inside; a site stops once its value is
-    within ``tol`` of the target (it is then evaluated at that point again)."""
+    """As :func:`bisect_interval`, by the Illinois variant of false position, for the profile
+    with a nuisance, whose evaluations cost far more than the fast path's (at most
+    ``iterations`` per end instead of bisection's 14). ``f_hat``: the profile at ``phi_hat``
+    (the alternative's lnL); ``target = f_hat - CHI2_HALF``.
+
+    The root is sought in the signed root ``sqrt(CHI2_HALF) - sqrt(f_hat - profile)``, which is
+    nearly linear in ``phi`` where the profile is nearly quadratic, so the secant steps land
+    close (on ``profile - target`` itself, a profile thousands of units down at the end of the
+    range puts the first steps next to the MLE). An end is the last point found inside; a site
+    stops once its profile is within ``tol`` of the target."""
     n = len(phi_hat)
+    f_hat = np.asarray(f_hat, float)
+    top = math.sqrt(CHI2_HALF)
+
+    def signed(f):
+        return top - np.sqrt(np.maximum(f_hat - f, 0.0))
 
     def bound(end):
-        g_end = profile(np.full(n, end)) - target
-        inside_end = g_end >= 0  # the interval reaches the boundary
-        a, ga = phi_hat.copy(), np.asarray(f_hat) - target  # inside, ga >= 0
-        b, gb = np.full(n, end), np.where(inside_end, -1.0, g_end)  # outside, gb < 0
+        f_end = profile(np.full(n, end))
+        inside_end = f_end >= target  # the interval reaches the boundary
+        a, ga = phi_hat.copy(), np.full(n, top)  # inside: ga >= 0
+        b, gb = np.full(n, end), np.where(inside_end, -1.0, signed(f_end))  # outside: gb < 0
         last = np.zeros(n, int)  # side replaced last: +1 inside, -1 outside
-        done = inside_end | (np.abs(gb) < tol)
-        a = np.where(np.abs(gb) < tol, b, a)
+        near = ~inside_end & (np.abs(f_end - target) < tol)
+        done = inside_end | near
+        a = np.where(near, b, a)
         for _ in range(iterations):
             if done.all():
                 break
             denom = np.where(gb != ga, gb - ga, -1.0)
             c = np.where(done, a, b - gb * (b - a) / denom)
             c = np.clip(c, np.minimum(a, b), np.maximum(a, b))
-            gc = profile(c) - target
-            ins = (gc >= 0) & ~done
-            out = (gc < 0) & ~done
+            fc = profile(c)
+            gc = signed(fc)
+            ins = (fc >= target) & ~done
+            out = (fc < target) & ~done
             # Illinois: halve the stale end's value when the same side is replaced twice
             gb = np.where(ins & (last == 1), 0.5 * gb, gb)
             ga = np.where(out & (last == -1), 0.5 * ga, ga)
             a, ga = np.where(ins, c, a), np.where(ins, gc, ga)
             b, gb = np.where(out, c, b), np.where(out, gc, gb)
             last = np.where(ins, 1, np.where(out, -1, last))
-            done = done | (np.abs(gc) < tol)
-            a = np.where(out & (np.abs(gc) < tol), c, a)  # within tol just outside: take it
+            near = ~done & (np.abs(fc - target) < tol)
+            a = np.where(out & near, c, a)  # within tol just outside: take it
+            done = done | near
         return np.where(inside_end, end, a)
 
     return bound(0.0), bound(hi_end)
