@@ -2,8 +2,9 @@
 
 The interval is ``{omega : l_prof(omega) >= l_max - 1.92}`` (chi^2_1 0.95 quantile / 2), where
 ``l_prof(omega)`` maximises the site likelihood over every other parameter at ``beta = omega
-alpha``. Its ends are found by bisection on ``phi = atan(omega)`` between the MLE and each end
-of ``[0, 10000]`` (HyPhy's cap on dN/dS), for all sites at once. The profile depends on the
+alpha``. Its ends are found on ``phi = atan(omega)`` between the MLE and each end of ``[0,
+10000]`` (HyPhy's cap on dN/dS), for all sites at once: by bisection, or by false position for
+the costly profile with a nuisance. The profile depends on the
 configuration:
 
 * all branches tested, ``--srv Yes``: ``max_r`` at ``(alpha, beta) = r (cos phi, sin phi)``
@@ -50,12 +51,12 @@ def bisect_interval(profile, phi_hat, target, hi_end: float, iterations: int = 1
     return bound(0.0), bound(hi_end)
 
 
-def false_position_interval(profile, phi_hat, f_hat, target, hi_end: float,
-                            iterations: int = 10, tol: float = 1e-3):
+def false_position_interval(profile, phi_hat, f_hat, hi_end: float, iterations: int = 10,
+                            tol: float = 1e-3):
     """As :func:`bisect_interval`, by the Illinois variant of false position, for the profile
     with a nuisance, whose evaluations cost far more than the fast path's (at most
     ``iterations`` per end instead of bisection's 14). ``f_hat``: the profile at ``phi_hat``
-    (the alternative's lnL); ``target = f_hat - CHI2_HALF``.
+    (the alternative's lnL); the level is ``f_hat - CHI2_HALF``.
 
     The root is sought in the signed root ``sqrt(CHI2_HALF) - sqrt(f_hat - profile)``, which is
     nearly linear in ``phi`` where the profile is nearly quadratic, so the secant steps land
@@ -64,6 +65,7 @@ def false_position_interval(profile, phi_hat, f_hat, target, hi_end: float,
     stops once its profile is within ``tol`` of the target."""
     n = len(phi_hat)
     f_hat = np.asarray(f_hat, float)
+    target = f_hat - CHI2_HALF
     top = math.sqrt(CHI2_HALF)
 
     def signed(f):
@@ -140,10 +142,8 @@ def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool = True,
         fixed = np.stack([start(a, fits.beta_background),
                           start(null_scale, fits.null_beta_background)], 1)  # fmt: skip
         # the optimum at the last angle found inside the interval, on each side of the MLE: the
-        # bisection's later points are close to it
+        # root finder's later points are close to it
         warm = {side: fixed[:, 0].copy() for side in ("lo", "hi")}
-
-        beta_bg = np.nan_to_num(np.asarray(fits.beta_background, float), nan=0.0)
 
         def profile(phi):
             upper = phi >= phi_hat
@@ -151,7 +151,7 @@ def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool = True,
             # and the MLE's beta and beta_bg kept, alpha = beta / omega (above the MLE's ratio
             # the best alpha falls with 1 / omega, by orders of magnitude at the cap)
             scale = np.clip(beta / np.maximum(np.tan(phi), 1e-12), 1e-9, UPPER) if srv else a
-            keep_beta = start(np.where(beta > 0, scale, a), beta_bg)
+            keep_beta = start(np.where(beta > 0, scale, a), fits.beta_background)
             starts = np.concatenate([fixed, keep_beta[:, None], near[:, None]], 1)
             out = [profile_classes(problem, tips[k : k + step], phi[k : k + step],
                                    starts[k : k + step], srv=srv)
@@ -182,7 +182,7 @@ def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool = True,
             return profile_beta(problem, tips, np.minimum(np.tan(phi), CAP))
 
     if problem.has_background:
-        lb, ub = false_position_interval(profile, phi_hat, fits.alt_loglik, target, hi_end)
+        lb, ub = false_position_interval(profile, phi_hat, fits.alt_loglik, hi_end)
     else:
         lb, ub = bisect_interval(profile, phi_hat, target, hi_end, iterations)
     return np.column_stack([ratio(lb), ratio(phi_hat), ratio(ub)])

@@ -519,7 +519,7 @@ def _ci_profile(tips, problem, phi, starts, free_scale: bool, steps: int, rounds
             lambda a: jnp.broadcast_to(a[g], (site_count,) + a.shape[1:]), e_grid))  # fmt: skip
         uu, ff = at(psi, e_bg, u_s, True)
 
-        def recoupled():  # a few alternations: alpha may move by orders of magnitude
+        def recoupled():  # _RECOUPLE alternations
             def once(_, c):
                 p1, u1, f1, u_ref = c
                 # beta_bg = alpha tan psi kept at the start's value, within [0, UPPER]
@@ -556,11 +556,12 @@ _CI_CHUNKED = jax.jit(
 
 
 def profile_classes(problem: SiteProblem, tips, phi, starts, *, srv: bool = True,
-                    steps: int = 3, rounds: int = 2) -> np.ndarray:  # fmt: skip
+                    steps: int = 3, rounds: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Profile log-likelihood at test angles ``phi [site]`` with the nuisance (background angle
     ``psi``, and ``u = log alpha`` under ``srv``) re-optimised from the ``starts [site, k, (psi,
-    u)]`` (:func:`_ci_profile`); returns ``(f, psi, u)`` as numpy ``[site]``. Sites are padded and chunked as in :func:`fit_sites_classes`,
-    so repeated calls (a bisection) reuse one compiled program. Run it where
+    u)]`` (:func:`_ci_profile`); returns ``(f, psi, u)`` as numpy ``[site]``. Sites are padded
+    and chunked as in :func:`fit_sites_classes`, so repeated calls (a root search) reuse one
+    compiled program. Run it where
     :func:`fit_sites_classes` runs (a one-CPU process)."""
     tips = np.asarray(tips)
     site_count, _, state_count = tips.shape
