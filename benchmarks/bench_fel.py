@@ -13,7 +13,7 @@ process each, empty compilation cache; HyPhy ``CPU=1`` timed beside it for ``--s
 
 For each set: HyPhy (``hyphy-avx CPU=1 fel``, run here unless ``--hyphy-timings`` reuses
 ../shared/data/hyphy/reference/timings.tsv), phylojax end to end in a fresh process (compilation
-included, ``/usr/bin/time -v`` for peak memory) twice -- with an empty persistent compilation
+included, peak memory of its process tree, worker processes included) twice -- with an empty persistent compilation
 cache, then with the cache the first run left -- and warm (a second ``fel()`` call in one process),
 then agreement with HyPhy's frozen JSON: global MG94 lnL difference, max / median |ΔLRT|, and
 classification differences at p <= 0.1 with the alternative lnL gain that explains each one.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,18 +45,53 @@ EXTRA_SETS = {"HIV_RT": "HIV_RT.nex"}
 REFERENCE = {"HIV_RT": "HIV_RT.mpi3.FEL.json"}
 
 
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory (KiB) of process ``root`` and all its descendants (phylojax's worker
+    processes), from /proc; shared pages are counted once per process (an upper bound)."""
+    import os
+
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of ``cmd`` under /usr/bin/time -v."""
+    """Wall seconds, peak RSS (MiB) of the process tree (sampled every 0.1 s, worker processes
+    included) and stdout of ``cmd``."""
     import os
 
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
-                          env=None if env is None else {**os.environ, **env})  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=None if env is None else {**os.environ, **env})  # fmt: skip
+    peak = 0
+    out = {}
+    import threading
+
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), proc.communicate())))
+    reader.start()
+    while reader.is_alive():
+        peak = max(peak, _tree_rss_kib(proc.pid))
+        reader.join(0.1)
     wall = time.perf_counter() - start
     if proc.returncode:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr[-2000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    return wall, (int(rss.group(1)) / 1024 if rss else float("nan")), proc.stdout
+        raise RuntimeError(f"{cmd} failed: {out.get('stderr', '')[-2000:]}")
+    return wall, peak / 1024, out["stdout"]
 
 
 def hyphy_reference_time(name: str) -> float:

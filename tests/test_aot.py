@@ -66,7 +66,8 @@ def test_fel_compiles_each_program_once():
     """In a fresh process, the site driver and the MG94 objective are compiled exactly once:
     the background job's abstract signature is the one the analysis then calls (a mismatch would
     compile twice)."""
-    env = {**os.environ, "PHYLOJAX_CACHE_DIR": "off", "PHYLOJAX_PRECOMPILE": "on"}
+    env = {**os.environ, "PHYLOJAX_CACHE_DIR": "off", "PHYLOJAX_PRECOMPILE": "on",
+           "PHYLOJAX_WORKERS": "off"}  # the site fits in this process (test_workers has the pool's)
     out = subprocess.run([sys.executable, "-c", COUNT_COMPILES, str(HERE / "CD2.nex")], env=env,
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]

@@ -25,6 +25,7 @@ from ..likelihood.topology import build_topology
 from ..models.codon import codon_frequencies, expected_rate_np, mg94_parts_jit, position_counts
 from ..patterns import compress
 from ..tree import Tree
+from . import parallel
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
 from .intervals import profile_ci
 from .isolated import fit_sites_classes_isolated
@@ -225,6 +226,7 @@ def fel(
     stage = stage or (lambda desc: contextlib.nullcontext())
     timers = {}
     t0 = time.perf_counter()
+    parallel.start(aln.site_count // 3)  # worker processes for the site fits, if they will run
     parts, nuc_pi, counts = prepare_partitions(aln, tree_path, code=code, branches=branches)
     _, g = codon_frequencies(counts, "CF3X4", code)
     if rate_frequencies is not None:
@@ -257,7 +259,7 @@ def fel(
         )  # fmt: skip
         tips, var, is_const = patterns[k]
         with stage(f"Site fits, partition {k + 1}/{len(parts)} ({len(var)} patterns)"):
-            aot.wait(site_jobs[k])
+            _wait_sites(site_jobs[k])
             fits = _fit(problem, tips[var], srv, ci=ci)
         tested_time = float(np.sum(times[~part.data.background]))
         site = part.codon_patterns.site_to_pattern
@@ -310,8 +312,9 @@ def _variable_patterns(part):
 
 
 def _compile_sites_later(part, patterns, srv: bool):
-    """Start compiling the site program of ``part`` (:mod:`phylojax.aot`) when it is one of the
-    fast ones: no background branches (the general path compiles on first use)."""
+    """Start compiling the site program of ``part`` when it is one of the fast ones (no
+    background branches; the others compile on first use): in the worker processes that will
+    run it (:mod:`.parallel`), else on this process's compile thread (:mod:`phylojax.aot`)."""
     background = np.asarray(part.data.background)
     if background.any():
         return None
@@ -325,8 +328,19 @@ def _compile_sites_later(part, patterns, srv: bool):
         times=jax.ShapeDtypeStruct(background.shape, jnp.float64),
         background=jnp.asarray(background), operations=jnp.asarray(part.data.codon.operations),
     )  # fmt: skip
+    tickets = parallel.compile_later(problem, len(var), tips.shape[1], states,
+                                     "fast" if srv else "srv_no")  # fmt: skip
+    if tickets is not None:
+        return ("workers", tickets)
     later = compile_fast_later if srv else compile_srv_no_later
     return later(problem, len(var), tips.shape[1], states, tips.dtype)
+
+
+def _wait_sites(job) -> None:
+    if isinstance(job, tuple) and job[0] == "workers":
+        parallel.wait(job[1])
+    else:
+        aot.wait(job)
 
 
 def _fit(problem: SiteProblem, tips, srv: bool, ci: bool = False) -> SiteFits:
@@ -335,11 +349,16 @@ def _fit(problem: SiteProblem, tips, srv: bool, ci: bool = False) -> SiteFits:
     if len(tips) == 0:
         e = np.zeros(0)
         return SiteFits(e, e, e, e, e, e, e)
-    if not problem.has_background:
+    if not problem.has_background:  # on the worker processes when there are enough sites
+        fits = parallel.fit(problem, tips, "fast" if srv else "srv_no")
+        if fits is not None:
+            return fits
         return fit_sites_fast(problem, tips) if srv else fit_sites_srv_no(problem, tips)
-    # background branches: the batched two-class fits in a one-CPU child process (XLA:CPU
-    # deadlocks on them with two threads), else the sequential optax path
-    fits = fit_sites_classes_isolated(problem, tips, srv, ci=ci)
+    # background branches: the batched two-class fits on one-CPU worker processes (XLA:CPU
+    # deadlocks on them with two threads), else in a one-CPU child, else the sequential path
+    fits = parallel.fit(problem, tips, "classes", srv, ci)
+    if fits is None:
+        fits = fit_sites_classes_isolated(problem, tips, srv, ci=ci)
     return fits if fits is not None else fit_sites_general(problem, tips, srv=srv)
 
 
@@ -359,6 +378,10 @@ def _profile_ci(problem, tips, fits: SiteFits, srv: bool = True, iterations: int
     there are background branches, else computed here."""
     if fits.dnds_ci is not None:
         return np.asarray(fits.dnds_ci)
+    if not problem.has_background:
+        rows = parallel.profile_ci(problem, tips, fits, srv)
+        if rows is not None:
+            return rows
     return profile_ci(problem, tips, fits, srv, iterations,
                       site_chunk=8 if problem.has_background else None)  # fmt: skip
 

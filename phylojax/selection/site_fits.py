@@ -499,10 +499,11 @@ def _fast_grid(grid_size: int, omega_range: float):
 
 def _fast_program(problem, site_count, taxon_count, state_count, grid_size=25,
                   omega_range=1e4, refine_rounds=3, null_steps=5, grid_steps=3,
-                  boundary_steps=3, refine_steps=3):  # fmt: skip
-    """``(program, tips shape, chunk, padded, grid, static)`` of one fast-path call."""
+                  boundary_steps=3, refine_steps=3, step=64):  # fmt: skip
+    """``(program, tips shape, chunk, padded, grid, static)`` of one fast-path call (``step``:
+    the site padding's granularity above 64 sites, :func:`_bucket`)."""
     op_count = np.shape(problem.operations)[0]
-    chunk, padded = _fast_layout(op_count, site_count, state_count)
+    chunk, padded = _fast_layout(op_count, site_count, state_count, step)
     grid = _fast_grid(grid_size, omega_range)
     static = (null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps)
     if padded == chunk:
@@ -532,8 +533,9 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
     ``max_r l(r cos phi, r sin phi)`` inside the grid bracket (one ``eigh`` per site and round) and
     a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape. Settings
     (keyword): ``grid_size``, ``omega_range`` (1e4), ``refine_rounds``, ``null_steps`` (5),
-    ``grid_steps`` (3), ``boundary_steps`` (3), ``refine_steps`` (3). The defaults were chosen
-    against a high-effort fit in ``benchmarks/site_stage_variants.py`` (RESULTS_fel.md).
+    ``grid_steps`` (3), ``boundary_steps`` (3), ``refine_steps`` (3), and ``step`` (64), the
+    site padding's granularity (:func:`_bucket`). The defaults were chosen against a
+    high-effort fit in ``benchmarks/site_stage_variants.py`` (RESULTS_fel.md).
     """
     tips = np.asarray(tips)
     site_count, taxon_count, state_count = tips.shape

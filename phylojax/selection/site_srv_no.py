@@ -96,11 +96,11 @@ def profile_beta(problem: SiteProblem, tips, beta) -> np.ndarray:
 
 def compile_srv_no_later(problem: SiteProblem, site_count: int, taxon_count: int,
                          state_count: int, dtype=np.float64, grid_size: int = 40,
-                         refine_rounds: int = 7):  # fmt: skip
+                         refine_rounds: int = 7, step: int = 64):  # fmt: skip
     """Start compiling :func:`fit_sites_srv_no`'s program in the background (:mod:`phylojax.aot`)."""
     from .. import aot
 
-    tips = jax.ShapeDtypeStruct((_bucket(site_count), taxon_count, state_count), dtype)
+    tips = jax.ShapeDtypeStruct((_bucket(site_count, step), taxon_count, state_count), dtype)
     grid = jax.ShapeDtypeStruct((grid_size,), dtype)
     return aot.compile_later(_DRIVER, tips, problem, grid, refine_rounds)
 
@@ -111,17 +111,18 @@ def beta_grid(size: int = 40, smallest: float = 1e-6) -> np.ndarray:
 
 
 def fit_sites_srv_no(problem: SiteProblem, tips, *, grid_size: int = 40,
-                     refine_rounds: int = 7) -> SiteFits:  # fmt: skip
+                     refine_rounds: int = 7, step: int = 64) -> SiteFits:  # fmt: skip
     """``--srv No`` site fits without background branches; ``tips [site, taxon, state]``.
 
     Defaults measured against ``grid_size=120, refine_rounds=20``: every site's alternative lnL
     within 3e-13 on CD2 (174 variable patterns) and 3e-10 on HepatitisD (161)
-    (``python benchmarks/site_stage_variants.py --set CD2.nex --srv-no``)."""
+    (``python benchmarks/site_stage_variants.py --set CD2.nex --srv-no``). ``step``: the site
+    padding's granularity above 64 sites (:func:`.site_fits._bucket`)."""
     if problem.has_background:
         raise ValueError("fit_sites_srv_no: background branches need the general path")
     tips = np.asarray(tips)
     site_count = tips.shape[0]
-    padded = _bucket(site_count)
+    padded = _bucket(site_count, step)
     if padded > site_count:
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
     grid = jnp.asarray(beta_grid(grid_size), tips.dtype)

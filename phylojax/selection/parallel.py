@@ -1,0 +1,217 @@
+"""FEL's site fits split over the worker processes of :mod:`phylojax.workers`.
+
+Sites are independent, so ``k`` workers (one pinned to each CPU, XLA on one thread each) take
+``1/k`` of the sites each. Every share is padded to one size (repeating its first site; the
+padding rows are dropped), so the workers run one compiled program: with the compilation
+cache on, the first worker compiles it and the others read it from the cache
+(:func:`phylojax.workers.compile_lock`).
+
+Each kind of fit runs the same function as in the main process, on its share:
+
+* ``"fast"``: :func:`.site_fits.fit_sites_fast` (every branch tested, ``--srv Yes``);
+* ``"srv_no"``: :func:`.site_srv_no.fit_sites_srv_no`;
+* ``"classes"``: :func:`.site_classes.fit_sites_classes` (background branches), with the
+  profile intervals when asked (:func:`.intervals.profile_ci`).
+
+The profile intervals of the fast and ``--srv No`` fits can go to the workers too
+(:func:`profile_ci`). Everything here returns ``None`` when the pool is off or fails, and the
+caller then does the work in its own process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import numpy as np
+
+from .. import aot, workers
+from .site_fits import SiteFits, SiteProblem, _bucket
+
+SHARE_STEP = 32  # share padding: powers of two up to 64, then multiples of this
+MIN_SITES_PER_WORKER = 16  # below this a worker's share is not worth its messages
+_FIELDS = ("syn", "nonsyn", "frequencies", "times", "background", "operations")
+
+
+def plan(site_count: int) -> tuple[int, int]:
+    """``(workers, share)``: how many workers take the sites and each share's padded size;
+    ``(0, 0)`` when the fits should stay in this process (pool off, fewer than two workers'
+    worth of sites, or a backend other than the CPU)."""
+    count = min(workers.worker_count(), site_count // MIN_SITES_PER_WORKER)
+    if count < 2 or jax.default_backend() != "cpu":
+        return 0, 0
+    return count, _bucket(-(-site_count // count), SHARE_STEP)
+
+
+def start(site_count: int) -> None:
+    """Start the worker processes now if fits of ``site_count`` sites would use them (they
+    import JAX and the site-fit modules while this process reads and fits the global model)."""
+    if plan(site_count)[0]:
+        workers.get(preload=(__name__, f"{__package__}.site_fits", f"{__package__}.site_srv_no"))
+
+
+def _arrays(problem: SiteProblem) -> dict:
+    out = {f: np.asarray(getattr(problem, f)) for f in _FIELDS}
+    out["has_background"] = bool(problem.has_background)
+    return out
+
+
+def _problem(arrays: dict) -> SiteProblem:
+    import jax.numpy as jnp
+
+    def value(f):
+        a = arrays[f]
+        return a if isinstance(a, jax.ShapeDtypeStruct) else jnp.asarray(a)
+
+    return SiteProblem(*(value(f) for f in _FIELDS), has_background=arrays["has_background"])
+
+
+def _shares(tips: np.ndarray, count: int, share: int) -> tuple[list[np.ndarray], list[int]]:
+    """``count`` blocks of ``share`` rows (padded with each block's first row) and the number
+    of real rows in each."""
+    blocks, sizes = [], []
+    for rows in np.array_split(np.arange(len(tips)), count):
+        block = tips[rows]
+        sizes.append(len(block))
+        blocks.append(np.concatenate([block, np.repeat(block[:1], share - len(block), 0)]))
+    return blocks, sizes
+
+
+def _warn(e: Exception):
+    warnings.warn(f"site fits in worker processes failed ({e}); fitting in this process",
+                  RuntimeWarning, stacklevel=3)  # fmt: skip
+
+
+# ------------------------------------------------------------------------- parent side
+def compile_later(problem: SiteProblem, site_count: int, taxon_count: int, state_count: int,
+                  kind: str) -> list | None:  # fmt: skip
+    """Have the workers compile the ``kind`` program for their shares now (while the global
+    fits run); ``problem``'s float arrays may be ``jax.ShapeDtypeStruct``. Returns the tickets
+    (for :func:`wait`) or ``None`` when the fits will run in this process."""
+    count, share = plan(site_count)
+    pool = workers.get() if count else None
+    if pool is None or not aot.enabled():  # PHYLOJAX_PRECOMPILE=off: compile on first use
+        return None
+    spec = {f: getattr(problem, f) for f in _FIELDS}
+    spec = {f: (jax.ShapeDtypeStruct(a.shape, a.dtype) if f not in ("background", "operations")
+                else np.asarray(a)) for f, a in spec.items()}  # fmt: skip
+    spec["has_background"] = bool(problem.has_background)
+    try:
+        return [(pool, pool.submit(k, f"{__name__}:_compile_share", kind, spec, share,
+                                   taxon_count, state_count)) for k in range(count)]  # fmt: skip
+    except workers.WorkerError as e:
+        _warn(e)
+        return None
+
+
+def wait(tickets) -> None:
+    """Wait for :func:`compile_later`'s jobs (a failure is reported by the fits themselves)."""
+    for pool, ticket in tickets or ():
+        try:
+            pool.result(ticket)
+        except workers.WorkerError:
+            return
+
+
+def fit(problem: SiteProblem, tips, kind: str, srv: bool = True, ci: bool = False) -> SiteFits | None:
+    """The ``kind`` fits of ``tips [site, taxon, state]`` on the workers (``None``: do them here)."""
+    tips = np.asarray(tips)
+    count, share = plan(len(tips))
+    pool = workers.get() if count else None
+    if pool is None:
+        return None
+    blocks, sizes = _shares(tips, count, share)
+    arrays = _arrays(problem)
+    try:
+        parts = pool.map(f"{__name__}:_fit_share", [(kind, arrays, b, srv, ci) for b in blocks])
+    except workers.WorkerError as e:
+        _warn(e)
+        return None
+    return _join(parts, sizes)
+
+
+def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool) -> np.ndarray | None:
+    """:func:`.intervals.profile_ci` of the fast / ``--srv No`` fits on the workers."""
+    tips = np.asarray(tips)
+    count, share = plan(len(tips))
+    pool = workers.get() if count else None
+    if pool is None:
+        return None
+    blocks, sizes = _shares(tips, count, share)
+    fit_blocks = _split_fits(fits, count, share)
+    arrays = _arrays(problem)
+    try:
+        parts = pool.map(f"{__name__}:_ci_share", [(arrays, b, f, srv) for b, f in zip(blocks, fit_blocks)])
+    except workers.WorkerError as e:
+        _warn(e)
+        return None
+    return np.concatenate([p[:n] for p, n in zip(parts, sizes)])
+
+
+def _split_fits(fits: SiteFits, count: int, share: int) -> list[SiteFits]:
+    out = []
+    for rows in np.array_split(np.arange(len(fits.alpha)), count):
+        rows = np.concatenate([rows, np.repeat(rows[:1], share - len(rows))])
+        out.append(SiteFits(**{f.name: (None if getattr(fits, f.name) is None
+                                        else np.asarray(getattr(fits, f.name))[rows])
+                               for f in dataclasses.fields(SiteFits)}))  # fmt: skip
+    return out
+
+
+def _join(parts: list[SiteFits], sizes: list[int]) -> SiteFits:
+    def cat(name):
+        values = [getattr(p, name) for p in parts]
+        if values[0] is None:
+            return None
+        return np.concatenate([np.asarray(v)[:n] for v, n in zip(values, sizes)])
+
+    return SiteFits(**{f.name: cat(f.name) for f in dataclasses.fields(SiteFits)})
+
+
+# ------------------------------------------------------------------------- worker side
+def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_count: int) -> None:
+    problem = _problem(spec)
+    tips = jax.ShapeDtypeStruct((share, taxon_count, state_count), np.float64)
+    if kind == "fast":
+        from .site_fits import _fast_program
+
+        program, shape, _, _, grid, static = _fast_program(problem, share, taxon_count,
+                                                           state_count, step=SHARE_STEP)  # fmt: skip
+        lowered = program.lower(jax.ShapeDtypeStruct(shape, np.float64), problem, grid, *static)
+    elif kind == "srv_no":
+        from .site_srv_no import _DRIVER
+
+        lowered = _DRIVER.lower(tips, problem, jax.ShapeDtypeStruct((40,), np.float64), 7)
+    else:
+        raise ValueError(f"no ahead-of-time compilation for {kind!r} fits")
+    with workers.compile_lock():  # the first worker compiles, the others read the cache
+        lowered.compile()
+
+
+def _fit_share(kind: str, arrays: dict, tips: np.ndarray, srv: bool, ci: bool) -> SiteFits:
+    problem = _problem(arrays)
+    if kind == "fast":
+        from .site_fits import fit_sites_fast
+
+        return fit_sites_fast(problem, tips, step=SHARE_STEP)
+    if kind == "srv_no":
+        from .site_srv_no import fit_sites_srv_no
+
+        return fit_sites_srv_no(problem, tips, step=SHARE_STEP)
+    if kind == "classes":
+        from .site_classes import fit_sites_classes
+
+        fits = fit_sites_classes(problem, tips, srv=srv)
+        if ci:
+            from .intervals import profile_ci as _profile
+
+            fits = dataclasses.replace(fits, dnds_ci=_profile(problem, tips, fits, srv))
+        return fits
+    raise ValueError(f"unknown kind of site fits {kind!r}")
+
+
+def _ci_share(arrays: dict, tips: np.ndarray, fits: SiteFits, srv: bool) -> np.ndarray:
+    from .intervals import profile_ci as _profile
+
+    return _profile(_problem(arrays), tips, fits, srv)

@@ -1,0 +1,288 @@
+"""Persistent worker processes, one pinned to each CPU, for data-parallel work on XLA:CPU.
+
+XLA:CPU parallelises single operations, and the small matrix products of a batched site fit
+(a few hundred rows of 61 states) do not split: FEL's site stage runs at ~1.15x of one core on
+two cores. Sites are independent, so two processes each fitting half of them on one core
+finish in ~0.55x of the time (HepatitisD, benchmarks/RESULTS_fel.md). Threads in one process
+cannot do this: concurrent XLA:CPU calls deadlock (``benchmarks/concurrent_sites.py``).
+
+A worker is ``python -c`` with its CPU affinity set before JAX is imported (so XLA runs one
+thread), float64 on, and the parent's persistent compilation cache when it has one. It
+receives ``(function path, args)`` over a socket and sends back the result; it stays alive
+between analyses, so a second analysis in the same process (a notebook, a benchmark's warm
+run) finds its programs compiled. Workers exit when the parent closes the socket or exits.
+
+With the compilation cache on, workers compile one after another under a file lock, so a
+program of the same shape is compiled once and read from the cache by the others.
+
+A worker that fails, dies, exceeds ``PHYLOJAX_CHILD_TIMEOUT`` seconds (default 3600) or uses no
+CPU for 60 s while it has work is killed, the pool is closed, and the caller gets
+:class:`WorkerError` (and falls back to in-process work). ``PHYLOJAX_WORKERS=off`` disables the
+pool; ``PHYLOJAX_WORKERS=N`` sets the number of workers (default: one per CPU, at most 8).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import importlib
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+STALL_SECONDS = 60.0
+MAX_DEFAULT_WORKERS = 8
+_CODE = """
+import os, sys
+os.sched_setaffinity(0, {{{cpu}}})
+from phylojax.workers import _worker_main
+_worker_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+"""
+
+
+class WorkerError(RuntimeError):
+    """A worker failed, died or stalled; the pool has been closed."""
+
+
+def worker_count() -> int:
+    """How many workers :func:`get` would start (0: the pool is off or cannot run here)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return 0
+    flag = os.environ.get("PHYLOJAX_WORKERS", "").strip().lower()
+    if flag in ("off", "0", "no", "false"):
+        return 0
+    cpus = len(os.sched_getaffinity(0))
+    if flag:
+        try:
+            return max(0, int(flag))
+        except ValueError:
+            return 0
+    return min(cpus, MAX_DEFAULT_WORKERS) if cpus >= 2 else 0
+
+
+class _Worker:
+    def __init__(self, cpu: int, cache: str, preload: str):
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        # the worker imports the same phylojax as this process
+        root = str(pathlib.Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CODE.format(cpu=cpu), str(child.fileno()), cache, preload],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.cpu = cpu
+        self.pending: collections.deque = collections.deque()  # tickets in submission order
+        self.results: dict = {}
+        self.stderr: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self):  # keep the worker's stderr pipe from filling (and the last of it for errors)
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            del self.stderr[:-40]
+
+    def stderr_tail(self) -> str:
+        return b"".join(self.stderr).decode(errors="replace")[-2000:]
+
+    def close(self, kill: bool = False):
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Ticket:
+    """A submitted call; :meth:`Pool.result` waits for it."""
+
+    def __init__(self, worker: _Worker, number: int):
+        self.worker, self.number = worker, number
+
+
+class Pool:
+    """One worker per CPU (see the module docstring)."""
+
+    def __init__(self, count: int, preload=()):
+        import jax
+
+        cache = jax.config.jax_compilation_cache_dir or ""
+        cpus = sorted(os.sched_getaffinity(0))
+        self.workers = [_Worker(cpus[k % len(cpus)], cache, ",".join(preload)) for k in range(count)]
+        self._numbers = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def submit(self, k: int, function: str, *args) -> Ticket:
+        """Queue ``function(*args)`` (``"module:name"``) on worker ``k``; returns at once."""
+        worker = self.workers[k]
+        self._numbers += 1
+        try:
+            worker.conn.send((function, args))
+        except OSError as e:
+            self._fail(f"worker on CPU {worker.cpu} cannot be reached ({e})")
+        ticket = Ticket(worker, self._numbers)
+        worker.pending.append(ticket.number)
+        return ticket
+
+    def result(self, ticket: Ticket, timeout: float | None = None):
+        """Wait for ``ticket``'s result (earlier results of its worker are read and kept)."""
+        worker = ticket.worker
+        if timeout is None:
+            timeout = float(os.environ.get("PHYLOJAX_CHILD_TIMEOUT", "3600"))
+        start = time.monotonic()
+        last_cpu, last_change = _cpu_seconds(worker.proc.pid), start
+        while ticket.number not in worker.results:
+            if self.closed:
+                raise WorkerError("the worker pool was closed")
+            if worker.conn.poll(1.0):
+                try:
+                    status, value = worker.conn.recv()
+                except (EOFError, OSError):
+                    self._fail(f"worker on CPU {worker.cpu} died:\n{worker.stderr_tail()}")
+                worker.results[worker.pending.popleft()] = (status, value)
+                continue
+            now = time.monotonic()
+            if worker.proc.poll() is not None:
+                self._fail(f"worker on CPU {worker.cpu} exited:\n{worker.stderr_tail()}")
+            cpu = _cpu_seconds(worker.proc.pid)
+            if cpu is not None and (last_cpu is None or cpu > last_cpu + 0.05):
+                last_cpu, last_change = cpu, now
+            if now - start > timeout:
+                self._fail(f"worker on CPU {worker.cpu} did not finish in {timeout:.0f} s")
+            if cpu is not None and now - last_change > STALL_SECONDS:
+                self._fail(f"worker on CPU {worker.cpu} used no CPU for {STALL_SECONDS:.0f} s")
+        status, value = worker.results.pop(ticket.number)
+        if status != "ok":
+            self._fail(f"worker on CPU {worker.cpu} raised:\n{value}")
+        return value
+
+    def map(self, function: str, arg_lists) -> list:
+        """``function(*args)`` for each ``args`` of ``arg_lists``, on workers 0, 1, ... at once."""
+        tickets = [self.submit(k, function, *args) for k, args in enumerate(arg_lists)]
+        return [self.result(t) for t in tickets]
+
+    def _fail(self, why: str):
+        self.close(kill=True)
+        raise WorkerError(why)
+
+    def close(self, kill: bool = False):
+        global _POOL
+        self.closed = True
+        for w in self.workers:
+            w.close(kill=kill)
+        with _LOCK:
+            if _POOL is self:
+                _POOL = None
+
+
+_LOCK = threading.Lock()
+_POOL: Pool | None = None
+
+
+def get(minimum: int = 2, preload=()) -> Pool | None:
+    """The process's pool (started on first use), or ``None`` when fewer than ``minimum``
+    workers would run (see :func:`worker_count`). ``preload``: modules a new pool's workers
+    import as they start, before their first request."""
+    global _POOL
+    count = worker_count()
+    if count < minimum:
+        return None
+    with _LOCK:
+        if _POOL is None or _POOL.closed or len(_POOL) != count:
+            if _POOL is not None:
+                _POOL.close()
+            _POOL = Pool(count, preload)
+        return _POOL
+
+
+def shutdown(kill: bool = False):
+    """Close the pool (workers exit; ``kill``: at once); a later :func:`get` starts a new one."""
+    pool = _POOL
+    if pool is not None:
+        pool.close(kill=kill)
+
+
+atexit.register(shutdown, kill=True)  # workers hold nothing to save; their exit would take ~1 s
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process from ``/proc`` (``None`` where there is no /proc)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def compile_lock():
+    """In a worker: hold the pool's compile lock (a file in the compilation cache) so workers
+    compile one after another and later ones read the program from the cache. A no-op without
+    a cache."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    if not cache:
+        yield
+        return
+    import fcntl
+
+    path = pathlib.Path(cache) / ".phylojax-compile.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 -- released in the finally below
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _worker_main(fd: int, cache: str, preload: str = "") -> None:
+    import traceback
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for module in filter(None, preload.split(",")):  # while the parent is busy elsewhere
+        importlib.import_module(module)
+    conn = Connection(fd)
+    while True:
+        try:
+            function, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            module, name = function.split(":")
+            reply = ("ok", getattr(importlib.import_module(module), name)(*args))
+        except BaseException:  # noqa: BLE001 -- reported to the parent, which raises
+            reply = ("error", traceback.format_exc()[-4000:])
+        try:
+            conn.send(reply)
+        except (OSError, EOFError):
+            return

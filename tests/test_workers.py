@@ -1,0 +1,160 @@
+"""The worker pool (phylojax.workers) and FEL's site fits on it (phylojax.selection.parallel).
+
+Oracles: the same fits run in this process (results must agree to the last bit, since each
+site's computation is the same program on the same numbers), and the pool's own contract
+(pinned workers, errors and stalls reported as WorkerError, the pool closed after them)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from phylojax import workers
+
+HERE = pathlib.Path(__file__).parent / "data" / "hyphy"
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "2")  # two workers even on a one-CPU machine
+    p = workers.get()
+    assert p is not None and len(p) == 2
+    yield p
+
+
+def test_workers_are_separate_processes_pinned_to_one_cpu(pool):
+    pids = pool.map("os:getpid", [(), ()])
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    cpus = pool.map("os:sched_getaffinity", [(0,), (0,)])
+    assert all(len(c) == 1 for c in cpus)
+    assert pool.map("operator:add", [(1, 2), (3, 4)]) == [3, 7]
+    # results come back per ticket, also when read out of order
+    first, second = pool.submit(0, "operator:mul", 6, 7), pool.submit(0, "operator:neg", 5)
+    assert pool.result(second) == -5 and pool.result(first) == 42
+    assert workers.get() is pool  # kept for the next call
+
+
+def test_a_failing_call_raises_and_closes_the_pool(pool):
+    with pytest.raises(workers.WorkerError, match="ZeroDivisionError"):
+        pool.map("operator:truediv", [(1, 0), (1, 1)])
+    assert pool.closed
+    fresh = workers.get()
+    assert fresh is not pool and fresh.map("operator:add", [(1, 1), (2, 2)]) == [2, 4]
+
+
+def test_a_stalled_worker_is_killed(pool, monkeypatch):
+    monkeypatch.setattr(workers, "STALL_SECONDS", 2.0)
+    start = time.monotonic()
+    with pytest.raises(workers.WorkerError, match="used no CPU"):
+        pool.result(pool.submit(1, "time:sleep", 60))
+    assert time.monotonic() - start < 20
+    assert pool.closed and all(w.proc.poll() is not None for w in pool.workers)
+
+
+def test_a_dead_worker_is_reported(pool):
+    with pytest.raises(workers.WorkerError, match="died|exited"):
+        pool.result(pool.submit(0, "os:_exit", 3))
+    assert pool.closed
+
+
+def test_pool_off(monkeypatch):
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "off")
+    assert workers.worker_count() == 0 and workers.get() is None
+    from phylojax.selection import parallel
+
+    assert parallel.plan(1000) == (0, 0)
+
+
+def test_plan_shares():
+    from phylojax.selection import parallel
+
+    os.environ.pop("PHYLOJAX_WORKERS", None)
+    count = workers.worker_count()
+    if count < 2:
+        pytest.skip("fewer than two CPUs")
+    assert parallel.plan(2 * parallel.MIN_SITES_PER_WORKER - 1) == (0, 0)
+    n, share = parallel.plan(161)
+    assert n == min(count, 161 // parallel.MIN_SITES_PER_WORKER)
+    assert share * n >= 161 and share == parallel._bucket(share, parallel.SHARE_STEP)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"srv": False, "ci": True}, {"branches": "Internal"}],
+                         ids=["default", "srv-no-ci", "background"])  # fmt: skip
+def test_fel_on_workers_is_the_in_process_result(monkeypatch, options):
+    """Every per-site output of FEL on CD2 is the same with the site fits on two workers as in
+    this process (or, with background branches, in the one-CPU children of ``isolated``)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import dataclasses
+
+    from phylojax.io import read_alignment
+    from phylojax.selection.fel import fel
+
+    aln = read_alignment(HERE / "CD2.nex")
+    tree = None
+    if "branches" in options:  # the two-class fits: 48 codons (two shares of 32) are enough
+        tree = str(HERE / "CD2.annotated.nwk")
+        aln = dataclasses.replace(aln, sequences=tuple(q[: 3 * 48] for q in aln.sequences))
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "off")
+    here = fel(aln, tree, **options)
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "2")
+    on_workers = fel(aln, tree, **options)
+    assert workers.get() is not None
+    for key in ("alpha", "beta", "null_rate", "lrt", "alt_loglik", "null_loglik", "beta_background"):
+        np.testing.assert_array_equal(getattr(on_workers, key), getattr(here, key), err_msg=key)
+    if options.get("ci"):
+        np.testing.assert_array_equal(on_workers.dnds_ci, here.dnds_ci)
+
+
+COUNT_WORKER_COMPILES = r"""
+import logging, sys, jax
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_log_compiles", True)
+import numpy as np
+seen = []
+class H(logging.Handler):
+    def emit(self, record):
+        m = record.getMessage()
+        if m.startswith("Finished XLA compilation of jit("):
+            seen.append(m.split("jit(")[1].split(")")[0])
+logging.getLogger("jax").addHandler(H())
+from phylojax.io import read_alignment
+from phylojax.selection import parallel
+from phylojax.selection.fel import prepare_partitions, _variable_patterns
+from phylojax.selection.site_fits import SiteProblem
+parts, _, _ = prepare_partitions(read_alignment(sys.argv[1]))
+tips, var, _ = _variable_patterns(parts[0])
+share = parallel._bucket(-(-len(var) // 2), parallel.SHARE_STEP)
+d = parts[0].data
+abstract = jax.ShapeDtypeStruct
+spec = dict(syn=abstract((61, 61), np.float64), nonsyn=abstract((61, 61), np.float64),
+            frequencies=abstract((61,), np.float64), times=abstract(d.background.shape, np.float64),
+            background=np.asarray(d.background), operations=np.asarray(d.codon.operations),
+            has_background=False)
+parallel._compile_share("fast", spec, share, tips.shape[1], 61)
+rng = np.random.default_rng(0)
+sym = rng.random((61, 61)); sym = sym + sym.T
+arrays = dict(spec, syn=sym, nonsyn=sym, frequencies=np.full(61, 1 / 61),
+              times=np.full(d.background.shape, 0.1))
+block = tips[var][:share]
+parallel._fit_share("fast", arrays, block, True, False)
+print(seen.count("_fast_driver"))
+"""
+
+
+@pytest.mark.slow
+def test_worker_compiles_its_share_program_once():
+    """A worker's ahead-of-time compilation has the signature of its later fit (else the fit
+    would compile again): run both worker functions in a fresh process and count."""
+    env = {**os.environ, "PHYLOJAX_CACHE_DIR": "off"}
+    out = subprocess.run([sys.executable, "-c", COUNT_WORKER_COMPILES, str(HERE / "CD2.nex")],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.split() == ["1"], out.stderr[-2000:]
