@@ -7,12 +7,13 @@ finish in ~0.55x of the time (HepatitisD, benchmarks/RESULTS_fel.md). Threads in
 cannot do this: concurrent XLA:CPU calls deadlock (``benchmarks/concurrent_sites.py``).
 
 A worker is ``python -c`` with its CPU affinity set before JAX is imported (so XLA runs one
-thread), float64 on, and the parent's persistent compilation cache when it has one. It
+thread), float64 on, and the parent's persistent compilation cache (else one of the pool's own,
+removed with it). It
 receives ``(function path, args)`` over a socket and sends back the result; it stays alive
 between analyses, so a second analysis in the same process (a notebook, a benchmark's warm
 run) finds its programs compiled. Workers exit when the parent closes the socket or exits.
 
-With the compilation cache on, workers compile one after another under a file lock, so a
+Workers compile a program one after another under a file lock (:func:`compile_lock`), so a
 program of the same shape is compiled once and read from the cache by the others.
 
 A worker that fails, dies, exceeds ``PHYLOJAX_CHILD_TIMEOUT`` seconds (default 3600) or uses no
@@ -32,6 +33,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -121,6 +123,10 @@ class Pool:
         import jax
 
         cache = jax.config.jax_compilation_cache_dir or ""
+        self._private_cache = None
+        if not cache:  # a cache of the pool's own, so that workers compile each program once
+            self._private_cache = tempfile.TemporaryDirectory(prefix="phylojax-workers-xla-")
+            cache = self._private_cache.name
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [_Worker(cpus[k % len(cpus)], cache, ",".join(preload)) for k in range(count)]
         self._numbers = 0
@@ -187,6 +193,9 @@ class Pool:
         self.closed = True
         for w in self.workers:
             w.close(kill=kill)
+        if self._private_cache is not None:
+            self._private_cache.cleanup()
+            self._private_cache = None
         with _LOCK:
             if _POOL is self:
                 _POOL = None
@@ -232,10 +241,10 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def compile_lock():
-    """In a worker: hold the pool's compile lock (a file in the compilation cache) so workers
-    compile one after another and later ones read the program from the cache. A no-op without
-    a cache."""
+def compile_lock(name: str = "program"):
+    """In a worker: hold the pool's compile lock for ``name`` (a file in the compilation cache)
+    so workers compile a program one after another and the later ones read it from the cache.
+    A no-op without a cache."""
     import jax
 
     cache = jax.config.jax_compilation_cache_dir
@@ -244,7 +253,7 @@ def compile_lock():
         return
     import fcntl
 
-    path = pathlib.Path(cache) / ".phylojax-compile.lock"
+    path = pathlib.Path(cache) / f".phylojax-compile-{name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")  # noqa: SIM115 -- released in the finally below

@@ -170,6 +170,45 @@ def _join(parts: list[SiteFits], sizes: list[int]) -> SiteFits:
 
 
 # ------------------------------------------------------------------------- worker side
+# A worker compiles on a thread of its own (XLA compiles with the GIL released), so that a
+# compilation request returns at once and later requests run beside it; a call waits only for
+# its own program.
+_COMPILER = None
+_COMPILING: dict = {}  # name -> Future of the compilation
+_COMPILED: set = set()  # signatures compiled here (a repeated analysis lowers nothing again)
+
+
+def _signature(*args):
+    from .. import aot
+
+    leaves, tree = jax.tree.flatten(aot.abstract(args))
+    return tree, tuple(leaves)
+
+
+def _compile_async(name: str, lock: str, lower, signature) -> None:
+    global _COMPILER
+    import concurrent.futures
+
+    if signature in _COMPILED:
+        return
+    _COMPILED.add(signature)
+    if _COMPILER is None:
+        _COMPILER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="phylojax-compile")
+
+    def job():
+        lowered = lower()
+        with workers.compile_lock(lock):  # the first worker compiles, the others read the cache
+            lowered.compile()
+
+    _COMPILING[name] = _COMPILER.submit(job)
+
+
+def _await(name: str) -> None:
+    job = _COMPILING.pop(name, None)
+    if job is not None:
+        job.exception()  # a failed compilation is left to the call, which raises it itself
+
+
 def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_count: int) -> None:
     problem = _problem(spec)
     tips = jax.ShapeDtypeStruct((share, taxon_count, state_count), np.float64)
@@ -178,19 +217,19 @@ def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_co
 
         program, shape, _, _, grid, static = _fast_program(problem, share, taxon_count,
                                                            state_count, step=SHARE_STEP)  # fmt: skip
-        lowered = program.lower(jax.ShapeDtypeStruct(shape, np.float64), problem, grid, *static)
+        args = (jax.ShapeDtypeStruct(shape, np.float64), problem, grid, *static)
     elif kind == "srv_no":
-        from .site_srv_no import _DRIVER
+        from .site_srv_no import _DRIVER as program
 
-        lowered = _DRIVER.lower(tips, problem, jax.ShapeDtypeStruct((40,), np.float64), 7)
+        args = (tips, problem, jax.ShapeDtypeStruct((40,), np.float64), 7)
     else:
         raise ValueError(f"no ahead-of-time compilation for {kind!r} fits")
-    with workers.compile_lock():  # the first worker compiles, the others read the cache
-        lowered.compile()
+    _compile_async("sites", f"sites-{kind}", lambda: program.lower(*args), _signature(kind, *args))
 
 
 def _fit_share(kind: str, arrays: dict, tips: np.ndarray, srv: bool, ci: bool) -> SiteFits:
     problem = _problem(arrays)
+    _await("sites")
     if kind == "fast":
         from .site_fits import fit_sites_fast
 
