@@ -5,6 +5,7 @@ chunked driver's time and memory.
     python benchmarks/site_stage_variants.py --set HIV_RT.nex --chunks
     python benchmarks/site_stage_variants.py --set CD2.nex --srv-no [--variants ...]
     PHYLOJAX_CACHE_DIR=off python benchmarks/site_stage_variants.py --set HepatitisD.nex --compile
+    python benchmarks/site_stage_variants.py --set HepatitisD.nex --workers [--steps 32 8]
 
 The global fit is run once (our own, as in ``phylojax fel``) and the site stage is then timed
 warm. ``--variants``: each keyword set of ``fit_sites_fast`` is compared per site with a reference
@@ -14,6 +15,9 @@ bytes, and the largest per-site difference. ``--srv-no``: the same for the ``--s
 path (``site_srv_no.fit_sites_srv_no``; reference grid 120, 20 refinement rounds), differences in
 the alternative lnL. ``--compile``: lowering and compilation time of the fast-path program for
 the set's shape and the size of its StableHLO text (run with the compilation cache off).
+``--workers``: the fast path in this process against the worker processes
+(:mod:`phylojax.selection.parallel`) with each share padding step of ``--steps``, alternating,
+three warm rounds each; prints the times and whether the outputs are identical.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def main() -> None:
     ap.add_argument("--chunks", action="store_true")
     ap.add_argument("--srv-no", action="store_true", help="the --srv No profile path")
     ap.add_argument("--compile", action="store_true", help="compile time of the fast path")
+    ap.add_argument("--workers", action="store_true", help="in process vs worker processes")
+    ap.add_argument("--steps", nargs="*", type=int, default=[32, 8], help="share padding steps")
     args = ap.parse_args()
     problem, tips = site_problem(args.set)
     print(f"{args.set}: {len(tips)} variable patterns")
@@ -81,6 +87,31 @@ def main() -> None:
         lowered.compile()
         print(f"lowering {t_lower:.2f} s, compilation {time.perf_counter() - t:.2f} s, "
               f"StableHLO {len(lowered.as_text())} characters")  # fmt: skip
+        return
+    if args.workers:
+        from phylojax.selection import parallel
+
+        here = S.fit_sites_fast(problem, tips)
+        default = parallel.SHARE_STEP
+        for step in args.steps:  # compile each setting before timing
+            parallel.SHARE_STEP = step
+            parallel.fit(problem, tips, "fast")
+        times = {"in process": [], **{f"workers, step {st}": [] for st in args.steps}}
+        same = True
+        for _ in range(3):
+            t = time.perf_counter()
+            S.fit_sites_fast(problem, tips)
+            times["in process"].append(time.perf_counter() - t)
+            for step in args.steps:
+                parallel.SHARE_STEP = step
+                t = time.perf_counter()
+                fits = parallel.fit(problem, tips, "fast")
+                times[f"workers, step {step}"].append(time.perf_counter() - t)
+                same &= bool(np.array_equal(fits.lrt, here.lrt) and np.array_equal(fits.alpha, here.alpha))
+        parallel.SHARE_STEP = default
+        for label, ts in times.items():
+            print(f"{label}: {' / '.join(f'{x:.2f}' for x in ts)} s")
+        print(f"outputs identical to the in-process fits: {same}")
         return
     if args.srv_no:
         from phylojax.selection.site_srv_no import fit_sites_srv_no

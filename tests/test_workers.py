@@ -139,13 +139,13 @@ spec = dict(syn=abstract((61, 61), np.float64), nonsyn=abstract((61, 61), np.flo
             frequencies=abstract((61,), np.float64), times=abstract(d.background.shape, np.float64),
             background=np.asarray(d.background), operations=np.asarray(d.codon.operations),
             has_background=False)
-parallel._compile_share("fast", spec, share, tips.shape[1], 61)
+parallel._compile_share("fast", spec, share, tips.shape[1], 61, parallel.SHARE_STEP)
 rng = np.random.default_rng(0)
 sym = rng.random((61, 61)); sym = sym + sym.T
 arrays = dict(spec, syn=sym, nonsyn=sym, frequencies=np.full(61, 1 / 61),
               times=np.full(d.background.shape, 0.1))
 block = tips[var][:share]
-parallel._fit_share("fast", arrays, block, True, False)
+parallel._fit_share("fast", arrays, block, True, False, parallel.SHARE_STEP)
 print(seen.count("_fast_driver"))
 """
 

@@ -29,7 +29,7 @@ import numpy as np
 from .. import aot, workers
 from .site_fits import SiteFits, SiteProblem, _bucket
 
-SHARE_STEP = 32  # share padding: powers of two up to 64, then multiples of this
+SHARE_STEP = 8  # share padding: powers of two up to 64, then multiples of this
 MIN_SITES_PER_WORKER = 16  # below this a worker's share is not worth its messages
 _FIELDS = ("syn", "nonsyn", "frequencies", "times", "background", "operations")
 
@@ -99,7 +99,8 @@ def compile_later(problem: SiteProblem, site_count: int, taxon_count: int, state
     spec["has_background"] = bool(problem.has_background)
     try:
         return [(pool, pool.submit(k, f"{__name__}:_compile_share", kind, spec, share,
-                                   taxon_count, state_count)) for k in range(count)]  # fmt: skip
+                                   taxon_count, state_count, SHARE_STEP))
+                for k in range(count)]  # fmt: skip
     except workers.WorkerError as e:
         _warn(e)
         return None
@@ -124,7 +125,8 @@ def fit(problem: SiteProblem, tips, kind: str, srv: bool = True, ci: bool = Fals
     blocks, sizes = _shares(tips, count, share)
     arrays = _arrays(problem)
     try:
-        parts = pool.map(f"{__name__}:_fit_share", [(kind, arrays, b, srv, ci) for b in blocks])
+        parts = pool.map(f"{__name__}:_fit_share",
+                         [(kind, arrays, b, srv, ci, SHARE_STEP) for b in blocks])  # fmt: skip
     except workers.WorkerError as e:
         _warn(e)
         return None
@@ -209,14 +211,15 @@ def _await(name: str) -> None:
         job.exception()  # a failed compilation is left to the call, which raises it itself
 
 
-def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_count: int) -> None:
+def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_count: int,
+                   step: int) -> None:  # fmt: skip
     problem = _problem(spec)
     tips = jax.ShapeDtypeStruct((share, taxon_count, state_count), np.float64)
     if kind == "fast":
         from .site_fits import _fast_program
 
         program, shape, _, _, grid, static = _fast_program(problem, share, taxon_count,
-                                                           state_count, step=SHARE_STEP)  # fmt: skip
+                                                           state_count, step=step)  # fmt: skip
         args = (jax.ShapeDtypeStruct(shape, np.float64), problem, grid, *static)
     elif kind == "srv_no":
         from .site_srv_no import _DRIVER as program
@@ -227,17 +230,18 @@ def _compile_share(kind: str, spec: dict, share: int, taxon_count: int, state_co
     _compile_async("sites", f"sites-{kind}", lambda: program.lower(*args), _signature(kind, *args))
 
 
-def _fit_share(kind: str, arrays: dict, tips: np.ndarray, srv: bool, ci: bool) -> SiteFits:
+def _fit_share(kind: str, arrays: dict, tips: np.ndarray, srv: bool, ci: bool,
+               step: int) -> SiteFits:  # fmt: skip
     problem = _problem(arrays)
     _await("sites")
     if kind == "fast":
         from .site_fits import fit_sites_fast
 
-        return fit_sites_fast(problem, tips, step=SHARE_STEP)
+        return fit_sites_fast(problem, tips, step=step)
     if kind == "srv_no":
         from .site_srv_no import fit_sites_srv_no
 
-        return fit_sites_srv_no(problem, tips, step=SHARE_STEP)
+        return fit_sites_srv_no(problem, tips, step=step)
     if kind == "classes":
         from .site_classes import fit_sites_classes
 
