@@ -100,6 +100,54 @@ def test_gradients_finite_and_equal_finite_differences_at_degenerate_points(rate
     )
 
 
+def _divided_difference_oracle(a: float, b: float, t: float) -> float:
+    """``(e^{a t} - e^{b t}) / (a - b)`` entry by entry in Python floats, written without
+    cancellation: ``t e^{lo t} expm1(x) / x`` with ``x = |a - b| t`` (``t e^{a t}`` at ties),
+    in log space where ``e^{lo t}`` underflows (a different formula from the kernel's)."""
+    import math
+
+    lo, hi = min(a, b), max(a, b)
+    x = (hi - lo) * t
+    if x == 0:
+        return t * math.exp(a * t)
+    if x > 700:  # expm1(x) overflows: e^{hi t} / (hi - lo) dominates
+        return (math.exp(hi * t) - math.exp(lo * t)) / (hi - lo)
+    return t * math.exp(lo * t) * math.expm1(x) / x
+
+
+def test_divided_differences_match_an_entrywise_oracle():
+    """Both forms of the kernel (series below x = 1e-3, difference quotient above) against the
+    entry-by-entry oracle, over eigenvalue gaps from 0 to 50 and times from 1e-9 to 1e4."""
+    from phylojax.models.eigen import _divided_differences
+
+    lam = np.array([0.0, -1e-12, -1e-7, -1e-4, -0.3, -0.30001, -2.0, -50.0])
+    times = np.array([0.0, 1e-9, 1e-4, 0.05, 1.0, 30.0, 1e4])
+    got = np.asarray(_divided_differences(jnp.asarray(lam), jnp.asarray(times)))
+    for k, t in enumerate(times):
+        for i, a in enumerate(lam):
+            for j, b in enumerate(lam):
+                want = _divided_difference_oracle(a, b, t)
+                assert abs(got[k, i, j] - want) <= 1e-12 * abs(want) + 1e-300, (a, b, t)
+
+
+def test_gradients_finite_on_long_branches():
+    """A branch so long that ``|lam| t > 709`` (rates x time as the FEL bounds allow): the
+    derivative of ``P(t)`` is finite (``e^{lo t} expm1(x)/x`` was ``0 * inf`` there) and is
+    ``Q P(t)``, which is ``~0`` at stationarity."""
+    model = gtr([1.5, 4.0, 0.8, 1.2, 5.0], [0.3, 0.2, 0.25, 0.25])
+    eig = model.eigensystem()
+
+    def total(t, scale):
+        return jnp.sum(transition_probs(eig, t * scale) * jnp.arange(16.0).reshape(4, 4))
+
+    for t in (500.0, 1e4):
+        g_t, g_s = jax.grad(total, argnums=(0, 1))(jnp.asarray(t), jnp.asarray(1.0))
+        assert np.isfinite(g_t) and np.isfinite(g_s) and abs(g_t) < 1e-12
+    grads = jax.grad(lambda r: jnp.sum(transition_probs(gtr(r, model.frequencies).eigensystem(),
+                                                        jnp.array([1e4]))))(jnp.ones(6))  # fmt: skip
+    assert np.all(np.isfinite(grads))
+
+
 def test_check_grads_forward_and_reverse_at_jc69():
     # First order only: the custom JVP treats the eigenvectors as constants, so second
     # derivatives with respect to the rate matrix are not provided.

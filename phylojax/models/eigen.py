@@ -61,18 +61,23 @@ def eigensystem(
 def _divided_differences(lam: Array, t: Array) -> Array:
     """``F[..., i, j] = (e^{lam_i t} - e^{lam_j t}) / (lam_i - lam_j)``, ``t e^{lam_i t}`` at ties.
 
-    Written as ``t e^{lam_j t} * expm1(d t)/(d t)`` with ``d = lam_i - lam_j`` so that nearly equal
-    eigenvalues lose no precision; the removable singularity at ``d t = 0`` is handled by ``where``
-    on a safe denominator (no NaN leaks into gradients).
+    Two forms, chosen per entry by ``x = |lam_i - lam_j| t``: for ``x >= 1e-3`` the difference
+    quotient itself (its cancellation costs at most ~1e-13 relative there); below, ``t e^{min t}
+    expm1(x)/x`` with the series ``1 + x/2 + x^2/6 + x^3/24`` (the next term is < 1e-14). Only
+    the ``e^{lam t}`` vector is exponentiated (``e^{min(lam_i, lam_j) t}`` is the smaller of two
+    of its entries, ``t >= 0``), not every entry: 1.38 -> 0.19 ms for 64 codon branches; and the
+    quotient stays finite for long branches, where ``e^{lo t} expm1(x)/x`` was ``0 * inf``
+    (``x > 709``). No NaN leaks into gradients (safe denominators under ``where``).
     """
-    t = t[..., None, None]
-    lo = jnp.minimum(lam[:, None], lam[None, :])
-    x = jnp.abs(lam[:, None] - lam[None, :]) * t
-    small = x < 1e-8
-    safe_x = jnp.where(small, 1.0, x)
-    # (e^{a t} - e^{b t}) / (a - b) = t e^{b t} expm1(x) / x with b = min(a, b), x = |a - b| t >= 0
-    ratio = jnp.where(small, 1.0 + 0.5 * x, jnp.expm1(safe_x) / safe_x)
-    return t * jnp.exp(lo * t) * ratio
+    t = jnp.asarray(t)
+    t2 = t[..., None, None]
+    e = jnp.exp(lam * t[..., None])
+    d = lam[:, None] - lam[None, :]
+    x = jnp.abs(d) * t2
+    quotient = (e[..., :, None] - e[..., None, :]) / jnp.where(d == 0, 1.0, d)
+    lo = jnp.minimum(e[..., :, None], e[..., None, :])
+    series = t2 * lo * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0)))
+    return jnp.where(x < 1e-3, series, quotient)
 
 
 @jax.custom_jvp
