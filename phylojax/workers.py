@@ -28,6 +28,7 @@ import atexit
 import collections
 import contextlib
 import importlib
+import itertools
 import os
 import pathlib
 import socket
@@ -85,6 +86,7 @@ class _Worker:
         self.cpu = cpu
         self.pending: collections.deque = collections.deque()  # tickets in submission order
         self.results: dict = {}
+        self.lock = threading.Lock()  # one thread at a time sends to or reads from the socket
         self.stderr: list[bytes] = []
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -129,7 +131,7 @@ class Pool:
             cache = self._private_cache.name
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [_Worker(cpus[k % len(cpus)], cache, ",".join(preload)) for k in range(count)]
-        self._numbers = 0
+        self._numbers = itertools.count(1)  # ticket numbers (next() is atomic under the GIL)
         self.closed = False
 
     def __len__(self) -> int:
@@ -138,13 +140,13 @@ class Pool:
     def submit(self, k: int, function: str, *args) -> Ticket:
         """Queue ``function(*args)`` (``"module:name"``) on worker ``k``; returns at once."""
         worker = self.workers[k]
-        self._numbers += 1
-        try:
-            worker.conn.send((function, args))
-        except OSError as e:
-            self._fail(f"worker on CPU {worker.cpu} cannot be reached ({e})")
-        ticket = Ticket(worker, self._numbers)
-        worker.pending.append(ticket.number)
+        with worker.lock:
+            ticket = Ticket(worker, next(self._numbers))
+            try:
+                worker.conn.send((function, args))
+            except OSError as e:
+                self._fail(f"worker on CPU {worker.cpu} cannot be reached ({e})")
+            worker.pending.append(ticket.number)
         return ticket
 
     def result(self, ticket: Ticket, timeout: float | None = None):
@@ -157,13 +159,16 @@ class Pool:
         while ticket.number not in worker.results:
             if self.closed:
                 raise WorkerError("the worker pool was closed")
-            if worker.conn.poll(1.0):
-                try:
-                    status, value = worker.conn.recv()
-                except (EOFError, OSError):
-                    self._fail(f"worker on CPU {worker.cpu} died:\n{worker.stderr_tail()}")
-                worker.results[worker.pending.popleft()] = (status, value)
-                continue
+            with worker.lock:  # another thread may be reading this worker's replies
+                if ticket.number in worker.results:
+                    break
+                if worker.conn.poll(1.0):
+                    try:
+                        status, value = worker.conn.recv()
+                    except (EOFError, OSError):
+                        self._fail(f"worker on CPU {worker.cpu} died:\n{worker.stderr_tail()}")
+                    worker.results[worker.pending.popleft()] = (status, value)
+                    continue
             now = time.monotonic()
             if worker.proc.poll() is not None:
                 self._fail(f"worker on CPU {worker.cpu} exited:\n{worker.stderr_tail()}")

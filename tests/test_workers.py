@@ -40,6 +40,18 @@ def test_workers_are_separate_processes_pinned_to_one_cpu(pool):
     assert workers.get() is pool  # kept for the next call
 
 
+def test_threads_share_the_pool(pool):
+    """Calls from several threads at once each get their own results."""
+    import concurrent.futures
+
+    def call(i):
+        return pool.map("operator:mul", [(i, 2), (i, 3)])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(call, range(40)))
+    assert got == [[2 * i, 3 * i] for i in range(40)]
+
+
 def test_a_failing_call_raises_and_closes_the_pool(pool):
     with pytest.raises(workers.WorkerError, match="ZeroDivisionError"):
         pool.map("operator:truediv", [(1, 0), (1, 1)])
