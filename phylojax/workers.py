@@ -206,7 +206,7 @@ class Pool:
                 _POOL = None
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: get() closes a pool of the wrong size while holding it
 _POOL: Pool | None = None
 
 
