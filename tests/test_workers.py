@@ -52,6 +52,14 @@ def test_threads_share_the_pool(pool):
     assert got == [[2 * i, 3 * i] for i in range(40)]
 
 
+def test_a_pool_of_another_size_replaces_the_old_one(pool, monkeypatch):
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "3")
+    bigger = workers.get()  # closes the two-worker pool (this deadlocked on a plain Lock)
+    assert pool.closed and len(bigger) == 3
+    assert bigger.map("operator:add", [(1, 1)] * 3) == [2, 2, 2]
+    bigger.close()
+
+
 def test_a_failing_call_raises_and_closes_the_pool(pool):
     with pytest.raises(workers.WorkerError, match="ZeroDivisionError"):
         pool.map("operator:truediv", [(1, 0), (1, 1)])
@@ -83,10 +91,10 @@ def test_pool_off(monkeypatch):
     assert parallel.plan(1000) == (0, 0)
 
 
-def test_plan_shares():
+def test_plan_shares(monkeypatch):
     from phylojax.selection import parallel
 
-    os.environ.pop("PHYLOJAX_WORKERS", None)
+    monkeypatch.delenv("PHYLOJAX_WORKERS", raising=False)
     count = workers.worker_count()
     if count < 2:
         pytest.skip("fewer than two CPUs")
