@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from ..workers import _cpu_seconds
 from .site_fits import SiteFits, SiteProblem
 
 STALL_SECONDS = 60.0  # a child using no CPU this long is taken as deadlocked and killed
@@ -105,15 +106,6 @@ def _kill(proc: subprocess.Popen) -> str:
     proc.kill()
     proc.wait()
     return "stopped after another child failed"
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process from ``/proc`` (``None`` where there is no /proc)."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _watch(proc: subprocess.Popen, timeout: float, idle: float = STALL_SECONDS) -> str | None:

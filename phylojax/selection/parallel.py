@@ -67,15 +67,12 @@ def _problem(arrays: dict) -> SiteProblem:
     return SiteProblem(*(value(f) for f in _FIELDS), has_background=arrays["has_background"])
 
 
-def _shares(tips: np.ndarray, count: int, share: int) -> tuple[list[np.ndarray], list[int]]:
-    """``count`` blocks of ``share`` rows (padded with each block's first row) and the number
-    of real rows in each."""
-    blocks, sizes = [], []
-    for rows in np.array_split(np.arange(len(tips)), count):
-        block = tips[rows]
-        sizes.append(len(block))
-        blocks.append(np.concatenate([block, np.repeat(block[:1], share - len(block), 0)]))
-    return blocks, sizes
+def _share_rows(site_count: int, count: int, share: int) -> tuple[list[np.ndarray], list[int]]:
+    """Row indices of ``count`` shares of ``share`` rows each (padded by repeating each share's
+    first site) and the number of real rows in each."""
+    rows = np.array_split(np.arange(site_count), count)
+    return ([np.concatenate([r, np.repeat(r[:1], share - len(r))]) for r in rows],
+            [len(r) for r in rows])  # fmt: skip
 
 
 def _warn(e: Exception):
@@ -107,7 +104,9 @@ def compile_later(problem: SiteProblem, site_count: int, taxon_count: int, state
 
 
 def wait(tickets) -> None:
-    """Wait for :func:`compile_later`'s jobs (a failure is reported by the fits themselves)."""
+    """Read :func:`compile_later`'s replies: they come as soon as a worker has queued the
+    compilation on its own thread, which the fits then wait for (a failure is reported by the
+    fits themselves)."""
     for pool, ticket in tickets or ():
         try:
             pool.result(ticket)
@@ -115,60 +114,55 @@ def wait(tickets) -> None:
             return
 
 
+def _on_workers(function: str, site_count: int, arguments):
+    """``function`` on each worker's share of ``site_count`` sites: ``arguments(rows)`` gives
+    the call's arguments for a share's padded row indices. Returns ``(results, sizes)``, or
+    ``None`` when the work should be done in this process (pool off or failed)."""
+    count, share = plan(site_count)
+    pool = workers.get() if count else None
+    if pool is None:
+        return None
+    rows, sizes = _share_rows(site_count, count, share)
+    try:
+        return pool.map(f"{__name__}:{function}", [arguments(r) for r in rows]), sizes
+    except workers.WorkerError as e:
+        _warn(e)
+        return None
+
+
 def fit(problem: SiteProblem, tips, kind: str, srv: bool = True, ci: bool = False) -> SiteFits | None:
     """The ``kind`` fits of ``tips [site, taxon, state]`` on the workers (``None``: do them here)."""
-    tips = np.asarray(tips)
-    count, share = plan(len(tips))
-    pool = workers.get() if count else None
-    if pool is None:
+    tips, arrays = np.asarray(tips), _arrays(problem)
+    done = _on_workers("_fit_share", len(tips),
+                       lambda rows: (kind, arrays, tips[rows], srv, ci, SHARE_STEP))  # fmt: skip
+    if done is None:
         return None
-    blocks, sizes = _shares(tips, count, share)
-    arrays = _arrays(problem)
-    try:
-        parts = pool.map(f"{__name__}:_fit_share",
-                         [(kind, arrays, b, srv, ci, SHARE_STEP) for b in blocks])  # fmt: skip
-    except workers.WorkerError as e:
-        _warn(e)
-        return None
-    return _join(parts, sizes)
+    parts, sizes = done
 
-
-def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool) -> np.ndarray | None:
-    """:func:`.intervals.profile_ci` of the fast / ``--srv No`` fits on the workers."""
-    tips = np.asarray(tips)
-    count, share = plan(len(tips))
-    pool = workers.get() if count else None
-    if pool is None:
-        return None
-    blocks, sizes = _shares(tips, count, share)
-    fit_blocks = _split_fits(fits, count, share)
-    arrays = _arrays(problem)
-    try:
-        parts = pool.map(f"{__name__}:_ci_share", [(arrays, b, f, srv) for b, f in zip(blocks, fit_blocks)])
-    except workers.WorkerError as e:
-        _warn(e)
-        return None
-    return np.concatenate([p[:n] for p, n in zip(parts, sizes)])
-
-
-def _split_fits(fits: SiteFits, count: int, share: int) -> list[SiteFits]:
-    out = []
-    for rows in np.array_split(np.arange(len(fits.alpha)), count):
-        rows = np.concatenate([rows, np.repeat(rows[:1], share - len(rows))])
-        out.append(SiteFits(**{f.name: (None if getattr(fits, f.name) is None
-                                        else np.asarray(getattr(fits, f.name))[rows])
-                               for f in dataclasses.fields(SiteFits)}))  # fmt: skip
-    return out
-
-
-def _join(parts: list[SiteFits], sizes: list[int]) -> SiteFits:
     def cat(name):
-        values = [getattr(p, name) for p in parts]
+        values = [getattr(q, name) for q in parts]
         if values[0] is None:
             return None
         return np.concatenate([np.asarray(v)[:n] for v, n in zip(values, sizes)])
 
     return SiteFits(**{f.name: cat(f.name) for f in dataclasses.fields(SiteFits)})
+
+
+def profile_ci(problem: SiteProblem, tips, fits: SiteFits, srv: bool) -> np.ndarray | None:
+    """:func:`.intervals.profile_ci` of the fast / ``--srv No`` fits on the workers."""
+    tips, arrays = np.asarray(tips), _arrays(problem)
+
+    def share_of(rows):
+        picked = {f.name: (None if getattr(fits, f.name) is None
+                           else np.asarray(getattr(fits, f.name))[rows])
+                  for f in dataclasses.fields(SiteFits)}  # fmt: skip
+        return arrays, tips[rows], SiteFits(**picked), srv
+
+    done = _on_workers("_ci_share", len(tips), share_of)
+    if done is None:
+        return None
+    parts, sizes = done
+    return np.concatenate([q[:n] for q, n in zip(parts, sizes)])
 
 
 # ------------------------------------------------------------------------- worker side
