@@ -65,7 +65,7 @@ def _divided_differences(lam: Array, t: Array) -> Array:
     quotient itself (its cancellation costs at most ~1e-13 relative there); below, ``t e^{min t}
     expm1(x)/x`` with the series ``1 + x/2 + x^2/6 + x^3/24`` (the next term is < 1e-14). Only
     the ``e^{lam t}`` vector is exponentiated (``e^{min(lam_i, lam_j) t}`` is the smaller of two
-    of its entries, ``t >= 0``), not every entry: 1.38 -> 0.19 ms for 64 codon branches; and the
+    of its entries, ``t >= 0``), not every entry (1.38 -> 0.19 ms for 64 codon branches); and the
     quotient stays finite for long branches, where ``e^{lo t} expm1(x)/x`` was ``0 * inf``
     (``x > 709``). No NaN leaks into gradients (safe denominators under ``where``).
     """
