@@ -157,7 +157,8 @@ def _fast_driver(
     # Profile on a grid of angles phi = atan(omega), omega = beta / alpha log-spaced (grid[0] = 0
     # and grid[-1] = pi/2 are the beta = 0 and alpha = 0 boundaries; the middle point is the null);
     # each grid point's eigensystem is shared by all sites, and r is continued from the
-    # neighbouring grid point (scans outward from the null) with ``grid_steps`` Newton steps.
+    # neighbouring grid point (scans outward from the null): one pass at the ``stencil`` offsets
+    # of u per angle, or ``grid_steps`` Newton steps when ``stencil`` is empty.
     k_count = grid.shape[0]
     mid = k_count // 2
 
