@@ -178,3 +178,65 @@ def test_worker_compiles_its_share_program_once():
     out = subprocess.run([sys.executable, "-c", COUNT_WORKER_COMPILES, str(HERE / "CD2.nex")],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.split() == ["1"], out.stderr[-2000:]
+
+
+def _global_problem(name: str):
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from phylojax.io import read_alignment
+    from phylojax.models.codon import codon_frequencies
+    from phylojax.selection.fel import prepare_partitions
+
+    parts, nuc_pi, counts = prepare_partitions(read_alignment(HERE / name))
+    _, g = codon_frequencies(counts, "CF3X4", 1)
+    return [p.data for p in parts], nuc_pi, g
+
+
+def test_pattern_shares_cover_every_pattern_once():
+    from phylojax.selection import global_parallel as gp
+
+    data, _, _ = _global_problem("partitioned.nex")
+    for d in data:
+        shares = gp._shares(d.codon, 3)
+        assert len({s.pattern_weights.shape for s in shares}) == 1  # one compiled program
+        assert shares[0].pattern_weights.shape[0] % gp._PAD == 0
+        np.testing.assert_array_equal(
+            np.sort(np.concatenate([s.pattern_weights for s in shares])[
+                np.concatenate([s.pattern_weights for s in shares]) > 0]),
+            np.sort(np.asarray(d.codon.pattern_weights)))
+
+
+@pytest.mark.slow
+def test_global_objective_split_over_workers(pool, monkeypatch):
+    """The MG94 value and gradient summed over two workers' pattern shares (five partitions) is
+    the in-process one up to the order of the sum once the shapes are prepared, the global fit
+    reaches the same optimum, and after a worker dies the objective hands back to this process
+    (``None``, with a warning)."""
+    import jax.numpy as jnp
+
+    from phylojax.selection import global_fits as G
+    from phylojax.selection import global_parallel as gp
+
+    monkeypatch.setattr(gp, "MIN_PATTERNS_PER_WORKER", 16)
+    data, nuc_pi, g = _global_problem("partitioned.nex")
+    # the genetic code by name, as the command line gives it
+    assert gp.objective(data, g, "Universal") is None  # shapes not prepared: stays here
+    gp.prepare(data, g, "Universal")
+    split = gp.objective(data, g, "Universal")
+    assert split is not None
+    free, codon, background, gj, two_class = G._codon_arguments(data, g)
+    x = np.concatenate([[1.2, 3.0, 0.8, 1.1, 0.9, 0.4]]
+                       + [np.where(np.asarray(f), 0.07, 0.0) for f in free])  # fmt: skip
+    f_here, g_here = G._full_value_and_grad(jnp.asarray(x), free, codon, background, gj,
+                                            "Universal", two_class)  # fmt: skip
+    f_split, g_split = split(x)
+    assert abs(f_split - float(f_here)) < 1e-10 * abs(float(f_here))
+    np.testing.assert_allclose(g_split, np.asarray(g_here), rtol=1e-9, atol=1e-9)
+    here = G.fit_global(data, nuc_pi, g, code="Universal")
+    there = G.fit_global(data, nuc_pi, g, code="Universal", objective=split)
+    assert abs(there.loglik - here.loglik) < 1e-6
+    with pytest.raises(workers.WorkerError):
+        pool.result(pool.submit(0, "os:_exit", 3))
+    with pytest.warns(RuntimeWarning, match="global fit in worker processes failed"):
+        assert split(x) is None
