@@ -25,7 +25,7 @@ from ..likelihood.topology import build_topology
 from ..models.codon import codon_frequencies, expected_rate_np, mg94_parts_jit, position_counts
 from ..patterns import compress
 from ..tree import Tree
-from . import global_parallel, parallel
+from . import parallel
 from .global_fits import GlobalFit, PartitionData, compile_global_later, fit_global
 from .intervals import profile_ci
 from .isolated import fit_sites_classes_isolated
@@ -231,15 +231,12 @@ def fel(
     _, g = codon_frequencies(counts, "CF3X4", code)
     if rate_frequencies is not None:
         g = np.asarray(rate_frequencies, dtype=np.float64).reshape(3, 4)
-    # compile the MG94 objective (here, or on the workers that will evaluate it by pattern
-    # share) and the site fits' program while the GTR fit runs
-    split = global_parallel.objective([p.data for p in parts], g, code)
-    global_job = compile_global_later([p.data for p in parts], g, code, objective=split is None)
+    # compile the MG94 objective and the site fits' program while the GTR fit runs
+    global_job = compile_global_later([p.data for p in parts], g, code)
     patterns = [_variable_patterns(p) for p in parts]  # (tips, variable indices, constant mask)
     site_jobs = [_compile_sites_later(p, pat, srv) for p, pat in zip(parts, patterns)]
     with stage("Global fits (GTR, MG94xREV)"):
-        gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code, precompiled=global_job,
-                          objective=split)  # fmt: skip
+        gfit = fit_global([p.data for p in parts], nuc_pi, g, code=code, precompiled=global_job)
     timers["Model fitting"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -295,8 +292,6 @@ def fel(
         p = np.where(constant, 1.0, p)
     timers["FEL analysis"] = time.perf_counter() - t1
     timers["Total time"] = time.perf_counter() - t0
-    if split is None:  # a later analysis of these shapes evaluates the objective on the workers
-        global_parallel.prepare([p.data for p in parts], g, code)
     return FelResult(
         alpha=cols["alpha"], beta=cols["beta"], null_rate=cols["null"], lrt=lrt, p_value=p,
         total_branch_length=cols["tbl"], partition=partition_of, constant=constant,

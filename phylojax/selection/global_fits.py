@@ -249,12 +249,9 @@ def _codon_arguments(parts: list[PartitionData], position_frequencies):
     return free, codon, background, jnp.asarray(position_frequencies), two_class
 
 
-def compile_global_later(parts: list[PartitionData], position_frequencies, code=1,
-                         objective: bool = True):  # fmt: skip
+def compile_global_later(parts: list[PartitionData], position_frequencies, code=1):
     """Start compiling the MG94 objective of :func:`fit_global` (steps 3 and 4) in the background
-    (:mod:`phylojax.aot`), to run while the GTR fit does; returns the job. ``objective=False``:
-    only the small codon-model setup (the objective runs on the workers,
-    :mod:`.global_parallel`)."""
+    (:mod:`phylojax.aot`), to run while the GTR fit does; returns the job."""
     from .. import aot
 
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
@@ -262,23 +259,18 @@ def compile_global_later(parts: list[PartitionData], position_frequencies, code=
     dtype = jnp.asarray(np.zeros(1)).dtype
     # the small codon-model setup first: fit_global calls it between the GTR and MG94 fits, and
     # compiled there it waits behind the large programs (0.6-1.1 s on HepatitisD, 2 cores)
-    setup = aot.compile_later(mg94_parts_jit, jax.ShapeDtypeStruct((6,), dtype), g, code)
-    if not objective:
-        return setup
+    aot.compile_later(mg94_parts_jit, jax.ShapeDtypeStruct((6,), dtype), g, code)
     x = jax.ShapeDtypeStruct((n,), dtype)
     return aot.compile_later(_full_value_and_grad, x, free, codon, background, g, code, two_class)
 
 
 def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_frequencies,
-               max_steps: int = 3000, code=1, precompiled="start", objective=None) -> GlobalFit:  # fmt: skip
+               max_steps: int = 3000, code=1, precompiled="start") -> GlobalFit:  # fmt: skip
     """Run DESIGN.md §3 steps 2–4 on all partitions jointly (L-BFGS-B on exact gradients from the
     likelihood engine's O(n) reverse pass).
 
     ``precompiled``: the job of :func:`compile_global_later` when the caller started it, or
     ``"start"`` (default) to start it here, so the MG94 objective compiles while the GTR fit runs.
-    ``objective``: the MG94 value and gradient evaluated elsewhere
-    (:func:`.global_parallel.objective`); where it gives ``None`` (its workers failed), the fit
-    goes on in this process.
     """
     from .. import aot
 
@@ -320,10 +312,6 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
     def full_vg(x):
-        if objective is not None:
-            out = objective(x)
-            if out is not None:
-                return out
         return _full_value_and_grad(x, free, codon, background, g, code, two_class)
 
     aot.wait(precompiled)  # the MG94 objective, compiled during the GTR fit
