@@ -97,15 +97,24 @@ def preorder(
     """Outside partials and the derivative of ``sum_p c_p log L_p`` w.r.t. every ``P``.
 
     With ``B_u = A_v * (P_w D_w)`` for node ``u`` with parent ``v`` and sibling ``w`` (``A_root =
-    root_weights``), ``L_p = sum_kxy B_u P_u D_u`` on every branch, so
+    root_weights``) and ``A_u = P_u^T B_u``, ``L_p = sum_kxy B_u P_u D_u`` on every branch, so
     ``d log L_p / d P_u[k, x, y] = B_u[k, x, p] D_u[k, y, p] / L_p``.
 
-    Both children of an operation are written with one two-row scatter per buffer, and tips
-    write into a spare row: two separate in-place updates (or re-reading the slot about to be
-    overwritten) made XLA copy the whole outside buffer at every step, O(n^2) in total
-    (measured in benchmarks/profile_pruning.py). The parent's row is read *after* the previous
-    step's scatter and carried (jaxlib 0.10 still copied the buffer twice per step when the read
-    came first: 126 ms -> 42 ms for value-and-gradient on rbp3, 54 taxa x 410 codon patterns).
+    Each step of the scan (root first) handles one operation ``(v; a, b)``: ``A_v`` from the
+    ``B_v`` that the step of ``v``'s parent wrote, the children's products ``P_a D_a`` and
+    ``P_b D_b`` again, ``B_a = A_v (P_b D_b)``, ``B_b = A_v (P_a D_a)`` and both children's
+    derivatives: five mat-muls. The earlier form, which computed each child's outside partial in
+    its parent's step, took six; pruning value-and-gradient went 15.2 -> 11.9 ms on HepatitisD's
+    codon patterns, 408 -> 347 ms on HIV_RT's, 269 -> 253 ms on 100 taxa x 8,170 nucleotide
+    patterns x 4 categories, gradients bit-identical. Keeping the children's products from the
+    forward pass instead of multiplying them again (three mat-muls a step) was slower again on
+    HIV_RT (383 ms) and the nucleotides (290 ms): the stored products cost more in memory
+    traffic than the two products (benchmarks/bench_reverse_pass.py, RESULTS_likelihood.md).
+
+    ``B`` of the children is written with one two-row scatter (tips into a spare row, since they
+    need no outside partial), and ``B_v`` of the next step is read *after* this step's write and
+    carried: reading the carried buffer before updating it made XLA copy the whole buffer at
+    every step, O(n^2) in total (measured in benchmarks/profile_pruning.py).
 
     Args:
         pattern_coefficients: ``[pattern]`` cotangent ``c_p`` of each pattern's log-likelihood.
@@ -121,69 +130,56 @@ def preorder(
     """
     leaf_count = tips.shape[0]
     node_count = transition_probs.shape[0]
-    log_l = _root_log_likelihoods(inner, scalers, root_weights)
     op_count = inner.shape[0]
-    # Row op_count is a spare slot that absorbs the writes for tips (which need no outside partial).
-    outside = jnp.zeros((op_count + 1, *inner.shape[1:]), inner.dtype)
-    outside = outside.at[op_count - 1].set(
-        jnp.broadcast_to(root_weights[:, :, None], inner.shape[1:])
-    )
-    outside_scalers = jnp.zeros((op_count + 1, scalers.shape[-1]), scalers.dtype)
+    log_l = _root_log_likelihoods(inner, scalers, root_weights)
+    top = jnp.zeros((op_count + 1, *inner.shape[1:]), inner.dtype)  # row op_count: tips' spare
+    top_scalers = jnp.zeros((op_count + 1, scalers.shape[-1]), scalers.dtype)
+    root_outside = jnp.broadcast_to(root_weights[:, :, None], inner.shape[1:])
 
-    # The scan runs root first (reverse postorder). The parent's outside row is read at the end of
-    # the *previous* step, after that step's writes, and carried: a read of the carried buffer
-    # before the update of the same buffer made XLA copy the whole buffer (twice) at every step.
-    parents = operations[:, 0] - leaf_count
-    next_parent = jnp.concatenate([parents[:1], parents[:-1]])  # the reverse scan's next op
+    rows = operations[:, 0] - leaf_count
+    next_row = jnp.concatenate([rows[:1], rows[:-1]])  # the reverse scan's next op
 
     def step(carry, xs):
-        outside, outside_scalers, a_v, s_v = carry
+        top, top_scalers, b_v, sb_v = carry
         op, following = xs
-        a, b = op[1], op[2]
+        v, a, b = op[0], op[1], op[2]
+        is_root = v - leaf_count == op_count - 1
+        a_up, log_m = _rescale(jnp.einsum("kxy,kxp->kyp", transition_probs[v], b_v))
+        a_v = jnp.where(is_root, root_outside, a_up)
+        sa_v = jnp.where(is_root, 0.0, sb_v + log_m)
         da, sa = _fetch(tips, inner, scalers, a, leaf_count)
         db, sb = _fetch(tips, inner, scalers, b, leaf_count)
-        pa, pb = transition_probs[a], transition_probs[b]
-        prop_a, prop_b = _propagate(pa, da), _propagate(pb, db)
-        per_child = []
-        for child, p_c, d_c, s_c, prop_c, prop_sib, s_sib in (
-            (a, pa, da, sa, prop_a, prop_b, sb),
-            (b, pb, db, sb, prop_b, prop_a, sa),
-        ):
-            b_c = a_v * prop_sib
-            s_b = s_v + s_sib
-            weight = pattern_coefficients * jnp.exp(s_b + s_c - log_l)
-            grad = jnp.einsum("kxp,kyp->kxy", b_c * weight, d_c)
-            a_c, log_m = _rescale(jnp.einsum("kxy,kxp->kyp", p_c, b_c))
-            edge = (
-                jnp.log(jnp.einsum("kxp,kxp->p", b_c, prop_c)) + s_b + s_c if with_edges else None
-            )
-            row = jnp.where(child < leaf_count, op_count, child - leaf_count)
-            per_child.append((row, grad, a_c, s_b + log_m, edge))
-        rows = jnp.stack([c[0] for c in per_child])
-        outside = outside.at[rows].set(jnp.stack([c[2] for c in per_child]))
-        outside_scalers = outside_scalers.at[rows].set(jnp.stack([c[3] for c in per_child]))
-        a_next = lax.dynamic_index_in_dim(outside, following, keepdims=False)
-        s_next = lax.dynamic_index_in_dim(outside_scalers, following, keepdims=False)
-        # Per-branch results leave the loop as scan outputs, not carried buffers.
-        out = (jnp.stack([c[1] for c in per_child]),)
-        if with_edges:
-            out = out + (jnp.stack([c[4] for c in per_child]),)
-        return (outside, outside_scalers, a_next, s_next), out
+        pa, pb = _propagate(transition_probs[a], da), _propagate(transition_probs[b], db)
+        b_a, b_b = a_v * pb, a_v * pa
+        grads = []
+        for b_c, sb_c, d_c, s_c in ((b_a, sa_v + sb, da, sa), (b_b, sa_v + sa, db, sb)):
+            weight = pattern_coefficients * jnp.exp(sb_c + s_c - log_l)
+            grads.append(jnp.einsum("kxp,kyp->kxy", b_c * weight, d_c))
+        child_rows = jnp.stack([jnp.where(c < leaf_count, op_count, c - leaf_count)
+                                for c in (a, b)])  # fmt: skip
+        top = top.at[child_rows].set(jnp.stack([b_a, b_b]))
+        top_scalers = top_scalers.at[child_rows].set(jnp.stack([sa_v + sb, sa_v + sa]))
+        b_next = lax.dynamic_index_in_dim(top, following, keepdims=False)
+        sb_next = lax.dynamic_index_in_dim(top_scalers, following, keepdims=False)
+        out = (jnp.stack(grads), a_v, sa_v)
+        if with_edges:  # both children's: sum B_a (P_a D_a) = sum A_v (P_a D_a)(P_b D_b)
+            out = out + (jnp.log(jnp.einsum("kxp,kxp->p", a_v, pa * pb)) + sa_v + sa + sb,)
+        return (top, top_scalers, b_next, sb_next), out
 
-    init = (outside, outside_scalers, outside[op_count - 1], outside_scalers[op_count - 1])
-    (outside, outside_scalers, _, _), out = lax.scan(
-        step, init, (operations, next_parent), reverse=True
-    )
+    init = (top, top_scalers, top[op_count - 1], top_scalers[op_count - 1])
+    _, out = lax.scan(step, init, (operations, next_row), reverse=True)
     children = operations[:, 1:].reshape(-1)
     grads = jnp.zeros_like(transition_probs).at[children].set(
         out[0].reshape(-1, *transition_probs.shape[1:])
     )
+    outside = jnp.zeros_like(inner).at[rows].set(out[1])
+    outside_scalers = jnp.zeros_like(scalers).at[rows].set(out[2])
     edges = None
     if with_edges:
         edges = jnp.zeros((node_count, inner.shape[-1]), inner.dtype).at[children].set(
-            out[1].reshape(-1, inner.shape[-1])
+            jnp.repeat(out[3], 2, axis=0)
         )
-    return outside[:-1], outside_scalers[:-1], grads, edges
+    return outside, outside_scalers, grads, edges
 
 
 @jax.custom_vjp
@@ -213,7 +209,7 @@ def _mixture_bwd(residuals, cotangent):
     _, _, d_p, _ = preorder(
         tips, transition_probs, root_weights, operations, inner, scalers, cotangent,
         with_edges=False,
-    )
+    )  # fmt: skip
     d_root = jnp.einsum("p,kxp->kx", cotangent * jnp.exp(scalers[-1] - log_l), inner[-1])
     return None, d_p, d_root, None
 
