@@ -33,7 +33,7 @@ class _Converged(Exception):
 
 
 def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restarts: int = 50,
-             stall_tol: float = 1e-6, stall_window: int = 10, x_scale=None):  # fmt: skip
+             stall_tol: float = 1e-6, stall_window: int = 10, x_scale=None, f0=None):  # fmt: skip
     """Maximise with L-BFGS-B (scipy) in the raw bounded parameters; ``value_and_grad(x)`` is a
     jitted function returning ``(f, df/dx)`` as JAX arrays. Returns ``(x, f, evaluations)``.
 
@@ -56,6 +56,8 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
     full MG94 fit took 177 evaluations with 20 pairs and 108 with 50 (rbp3 65 -> 45), to the same
     optimum; the extra cost per iteration is O(50 n), nothing next to one evaluation.
 
+    ``f0``: lnL at ``x0`` when the caller has it (saves one evaluation).
+
     Runs with one BLAS thread: scipy's L-BFGS-B calls OpenBLAS between evaluations, and
     OpenBLAS's worker threads then spin on the cores XLA is using (measured: 92 ms vs 57 ms per
     MG94 evaluation on rbp3, 2 cores).
@@ -69,12 +71,13 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
 
         y, f, n = maximise(scaled, np.asarray(x0, float) / d, np.asarray(lower, float) / d,
                            np.asarray(upper, float) / d, max_steps, max_restarts, stall_tol,
-                           stall_window)  # fmt: skip
+                           stall_window, f0=f0)  # fmt: skip
         return np.clip(y * d, lower, upper), f, n
     count = [0]
     bounds = list(zip(np.asarray(lower, float), np.asarray(upper, float)))
     x = np.clip(np.asarray(x0, float), lower, upper)
-    f0 = float(value_and_grad(jnp.asarray(x))[0])
+    if f0 is None or not np.array_equal(x, np.asarray(x0, float)):
+        f0 = float(value_and_grad(jnp.asarray(x))[0])
     # L-BFGS-B's first step with bounds is the raw gradient: scale the objective by 1/|lnL| so
     # that step moves parameters by O(0.1), not O(100) (which overshoots to lnL = -inf).
     scale = 1.0 / max(abs(f0), 1.0) if np.isfinite(f0) else 1.0
@@ -109,6 +112,45 @@ def sqrt_scale(x0, floor: float = 1e-4) -> np.ndarray:
     (evaluations to the same optimum, 1e-6): full MG94 fit rbp3 121 -> 64, yokoyama_rh1 105 -> 64, HepatitisD 59 -> 21, CD2 64 -> 17;
     GTR fit 133-187 -> 31-79. Scaling by ``x0`` itself helped less and on rbp3 not at all."""
     return np.sqrt(np.maximum(np.abs(np.asarray(x0, float)), floor))
+
+
+def block_scale(value_and_grad, x0, blocks, upper, step: float = 1e-4):
+    """:func:`sqrt_scale` with one factor per block of parameters fitted to the curvature of lnL.
+
+    Within a block (the branch lengths, the nucleotide rates, omega) ``sqrt(x0)`` gets the
+    relative curvature right (measured: the exact ``1 / sqrt(-d2 lnL / dx_i^2)`` is within ~10 %
+    of ``0.09 sqrt(x0_i)`` for every branch of rbp3 and HepatitisD), but not the blocks' scales
+    against each other: the nucleotide rates and omega, on which every site and branch depends,
+    are 3-10x more curved than ``sqrt(x0)`` says. One finite-difference probe per block (all of
+    its parameters moved by ``step`` relative at once) gives ``-(g(x0 + d) - g(x0))_i / d_i``
+    for each parameter, and the block's factor is the median of ``1 / sqrt`` of those against
+    ``sqrt(x0_i)``. Full MG94 fit evaluations, this scaling (plus its 4 evaluations) against
+    :func:`sqrt_scale`: rbp3 23 vs 44, yokoyama_rh1 25 vs 48, HepatitisD 16 vs 21, p51 14 vs
+    22, Bacterial_PTS 29 vs 35, partitioned 39 vs 47, CD2 20 vs 17; the same optimum to 1e-9
+    (benchmarks/RESULTS_fel.md).
+
+    Returns ``(x_scale, f0, evaluations)``: ``f0`` is lnL at ``x0`` (for :func:`maximise`).
+    A block whose probe gives no negative curvature keeps ``sqrt(x0)``.
+    """
+    x0 = np.asarray(x0, float)
+    base = sqrt_scale(x0)
+    f0, g0 = value_and_grad(jnp.asarray(x0))
+    f0, g0 = float(f0), np.asarray(g0, float)
+    scale, evaluations = base.copy(), 1
+    if not (np.isfinite(f0) and np.all(np.isfinite(g0))):
+        return base, f0, evaluations
+    upper = np.asarray(upper, float)
+    for mask in blocks:
+        d = np.where(mask, step * np.maximum(np.abs(x0), 1e-3), 0.0)
+        d = np.where(x0 + d > upper, -d, d)
+        g1 = np.asarray(value_and_grad(jnp.asarray(x0 + d))[1], float)
+        evaluations += 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            curvature = (g1 - g0) / np.where(d != 0, d, 1.0)
+        ok = mask & (d != 0) & (np.abs(x0) > 10 * T_MIN) & np.isfinite(curvature) & (curvature < 0)
+        if ok.any():
+            scale[mask] = base[mask] * np.median(1.0 / np.sqrt(-curvature[ok]) / base[ok])
+    return scale, f0, evaluations
 
 
 def _restarted_lbfgsb(neg, x, f0, scale, bounds, lower, upper, max_steps, max_restarts):
@@ -348,7 +390,11 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     lower = np.concatenate([np.zeros(5 + n_omega), branch_lower()])
     upper = np.concatenate([np.full(5 + n_omega, UPPER), branch_bounds()])
 
-    x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps, x_scale=sqrt_scale(x0))
+    index = np.arange(len(x0))
+    blocks = [index < 5, (index >= 5) & (index < 5 + n_omega), index >= 5 + n_omega]
+    x_scale, f0, probes = block_scale(full_vg, x0, blocks, upper)
+    x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps, x_scale=x_scale, f0=f0)
+    full_steps += probes
     x, full_ll = snap(full_vg, x, full_ll, 5 + n_omega)
     theta = np.insert(x[:5], 1, 1.0)
     omega = x[5 : 5 + n_omega]
