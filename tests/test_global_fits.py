@@ -1,0 +1,76 @@
+"""The global fits' optimiser pieces: the block-scaled preconditioner against closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phylojax.selection.global_fits import block_scale, maximise, sqrt_scale
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _quadratic(curvature, centre):
+    """``f(x) = -sum c_i (x_i - m_i)^2 / 2`` and its gradient (the Hessian is ``-diag(c)``)."""
+    c, m = jnp.asarray(curvature), jnp.asarray(centre)
+
+    @jax.jit
+    def value_and_grad(x):
+        return -0.5 * jnp.sum(c * (x - m) ** 2), -c * (x - m)
+
+    return value_and_grad
+
+
+def test_block_scale_matches_the_curvature_of_each_block():
+    # within a block the curvature goes like 1 / x0 (branch lengths), with a factor per block
+    x0 = np.array([0.5, 2.0, 1.0, 0.05, 0.2, 0.8, 0.01])
+    blocks = [np.arange(7) < 2, np.arange(7) == 2, np.arange(7) >= 3]
+    factors = np.array([400.0, 900.0, 25.0])  # c_i = factor(block) / x0_i
+    block_of = np.select(blocks, [0, 1, 2])
+    curvature = factors[block_of] / x0
+    vg = _quadratic(curvature, x0 * 1.3)
+    scale, f0, evaluations = block_scale(vg, x0, blocks, np.full(7, 1e4))
+    assert evaluations == 1 + len(blocks)
+    assert np.isclose(f0, float(vg(jnp.asarray(x0))[0]))
+    # a quadratic's finite differences are exact: scale_i = 1 / sqrt(c_i)
+    np.testing.assert_allclose(scale, 1.0 / np.sqrt(curvature), rtol=1e-6)
+
+
+def test_block_scale_keeps_sqrt_where_the_probe_finds_no_curvature():
+    x0 = np.array([1.0, 4.0, 0.3])
+    curvature = np.array([0.0, 0.0, 7.0])  # the first block is flat
+    vg = _quadratic(curvature, np.zeros(3))
+    blocks = [np.array([True, True, False]), np.array([False, False, True])]
+    scale, _, _ = block_scale(vg, x0, blocks, np.full(3, 1e4))
+    np.testing.assert_allclose(scale[:2], sqrt_scale(x0)[:2])
+    np.testing.assert_allclose(scale[2], 1.0 / np.sqrt(7.0), rtol=1e-6)
+
+
+def test_block_scale_probes_inside_the_upper_bound():
+    x0 = np.array([1.0, 10000.0])
+    vg = _quadratic(np.array([3.0, 5.0]), np.zeros(2))
+    blocks = [np.array([True, False]), np.array([False, True])]
+    scale, _, _ = block_scale(vg, x0, blocks, np.array([1e4, 1e4]))
+    np.testing.assert_allclose(scale, 1.0 / np.sqrt([3.0, 5.0]), rtol=1e-6)
+
+
+def test_maximise_with_block_scale_reaches_the_optimum_and_reuses_f0():
+    x0 = np.array([0.5, 2.0, 0.05, 0.2])
+    centre = np.array([0.7, 1.5, 0.09, 0.1])
+    curvature = np.array([5e3, 5e3, 40.0, 40.0]) / x0
+    calls = []
+    vg = _quadratic(curvature, centre)
+
+    def counted(x):
+        calls.append(np.asarray(x))
+        return vg(x)
+
+    blocks = [np.arange(4) < 2, np.arange(4) >= 2]
+    scale, f0, _ = block_scale(vg, x0, blocks, np.full(4, 1e4))
+    x, f, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale, f0=f0)
+    np.testing.assert_allclose(x, centre, atol=1e-6)
+    assert f > -1e-9
+    # f0 given: maximise does not evaluate the start again (n counts L-BFGS-B's evaluations)
+    assert len(calls) == n
+    calls.clear()
+    _, _, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale)
+    assert len(calls) == n + 1
