@@ -29,7 +29,8 @@ import numpy as np
 from .. import aot, workers
 from .site_fits import SiteFits, SiteProblem, _bucket
 
-SHARE_STEP = 8  # share padding: powers of two up to 64, then multiples of this
+SHARE_STEP = 4  # share padding: powers of two up to 64, then multiples of this (the per-site
+# refinement's blocks of 4 sites need a multiple of 4; docs/fel.md 'Worker processes')
 MIN_SITES_PER_WORKER = 16  # below this a worker's share is not worth its messages
 _FIELDS = ("syn", "nonsyn", "frequencies", "times", "background", "operations")
 
