@@ -47,10 +47,19 @@ def test_block_scale_keeps_sqrt_where_the_probe_finds_no_curvature():
 
 def test_block_scale_probes_inside_the_upper_bound():
     x0 = np.array([1.0, 10000.0])
-    vg = _quadratic(np.array([3.0, 5.0]), np.zeros(2))
+    quadratic = _quadratic(np.array([3.0, 5.0]), np.zeros(2))
+    points = []
+
+    def vg(x):
+        points.append(np.asarray(x))
+        return quadratic(x)
+
     blocks = [np.array([True, False]), np.array([False, True])]
     scale, _, _ = block_scale(vg, x0, blocks, np.array([1e4, 1e4]))
     np.testing.assert_allclose(scale, 1.0 / np.sqrt([3.0, 5.0]), rtol=1e-6)
+    # the parameter at its bound is probed downwards, never beyond it
+    assert all(np.all(p <= 1e4) for p in points)
+    assert any(p[1] < 1e4 for p in points)
 
 
 def test_maximise_with_block_scale_reaches_the_optimum_and_reuses_f0():

@@ -109,7 +109,8 @@ def preorder(
     patterns x 4 categories, gradients bit-identical. Keeping the children's products from the
     forward pass instead of multiplying them again (three mat-muls a step) was slower again on
     HIV_RT (383 ms) and the nucleotides (290 ms): the stored products cost more in memory
-    traffic than the two products (benchmarks/bench_reverse_pass.py, RESULTS_likelihood.md).
+    traffic than the two products (timings from benchmarks/bench_reverse_pass.py; that variant
+    was not kept, so only the kept kernel's figures can be reproduced).
 
     ``B`` of the children is written with one two-row scatter (tips into a spare row, since they
     need no outside partial), and ``B_v`` of the next step is read *after* this step's write and
@@ -209,7 +210,7 @@ def _mixture_bwd(residuals, cotangent):
     _, _, d_p, _ = preorder(
         tips, transition_probs, root_weights, operations, inner, scalers, cotangent,
         with_edges=False,
-    )  # fmt: skip
+    )
     d_root = jnp.einsum("p,kxp->kx", cotangent * jnp.exp(scalers[-1] - log_l), inner[-1])
     return None, d_p, d_root, None
 

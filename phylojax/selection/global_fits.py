@@ -118,10 +118,11 @@ def block_scale(value_and_grad, x0, blocks, upper, step: float = 1e-4):
     """:func:`sqrt_scale` with one factor per block of parameters fitted to the curvature of lnL.
 
     Within a block (the branch lengths, the nucleotide rates, omega) ``sqrt(x0)`` gets the
-    relative curvature right (measured: the exact ``1 / sqrt(-d2 lnL / dx_i^2)`` is within ~10 %
-    of ``0.09 sqrt(x0_i)`` for every branch of rbp3 and HepatitisD), but not the blocks' scales
-    against each other: the nucleotide rates and omega, on which every site and branch depends,
-    are 3-10x more curved than ``sqrt(x0)`` says. One finite-difference probe per block (all of
+    relative curvature right (the ``1 / sqrt(-d2 lnL / dx_i^2)`` of a central finite-difference
+    Hessian at the start is within ~10 % of ``0.09 sqrt(x0_i)`` for every branch of rbp3 and
+    HepatitisD; throw-away script), but not the blocks' scales against each other: the
+    nucleotide rates and omega, on which every site and branch depends, are 3-10x more curved
+    than ``sqrt(x0)`` says (the same Hessian). One finite-difference probe per block (all of
     its parameters moved by ``step`` relative at once) gives ``-(g(x0 + d) - g(x0))_i / d_i``
     for each parameter, and the block's factor is the median of ``1 / sqrt`` of those against
     ``sqrt(x0_i)``. Full MG94 fit evaluations with this scaling, its 4 included, against
