@@ -6,9 +6,12 @@ two cores. Sites are independent, so two processes each fitting half of them on 
 finish in ~0.55x of the time (HepatitisD, benchmarks/RESULTS_fel.md). Threads in one process
 cannot do this: concurrent XLA:CPU calls deadlock (``benchmarks/concurrent_sites.py``).
 
-A worker is ``python -c`` with its CPU affinity set before JAX is imported (so XLA runs one
-thread), float64 on, and the parent's persistent compilation cache (else one of the pool's own,
-removed with it). It
+A worker has its CPU affinity set before its JAX backend starts (so XLA runs one thread),
+float64 on, and the parent's persistent compilation cache (else one of the pool's own, removed
+with it). It is a ``fork`` of the parent where that is safe (:func:`can_fork`: the parent's JAX
+backend has not started and no other thread runs, as in the command line, which starts the pool
+first thing), so it begins with JAX and phylojax imported (~0.9 s of CPU less per worker); else
+a fresh ``python -c``. It
 receives ``(function path, args)`` over a socket and sends back the result; it stays alive
 between analyses, so a second analysis in the same process (a notebook, a benchmark's warm
 run) finds its programs compiled. Workers exit when the parent closes the socket or exits.
@@ -31,6 +34,7 @@ import importlib
 import itertools
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -69,18 +73,67 @@ def worker_count() -> int:
     return min(cpus, MAX_DEFAULT_WORKERS) if cpus >= 2 else 0
 
 
+class _Forked:
+    """The parts of :class:`subprocess.Popen` the pool uses, for a worker made by ``os.fork``."""
+
+    def __init__(self, pid: int, stderr):
+        self.pid, self.stderr, self.returncode = pid, stderr, None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("phylojax worker", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+_OWN_THREAD = "phylojax-worker-stderr"
+
+
+def can_fork() -> bool:
+    """Whether a worker can be forked from this process: JAX's backends are not initialised
+    yet (XLA's threads and device state do not survive ``fork``) and no other threads run
+    than this module's stderr readers. ``PHYLOJAX_WORKER_START=spawn`` forces a fresh
+    interpreter for every worker."""
+    if os.environ.get("PHYLOJAX_WORKER_START", "").strip().lower() == "spawn":
+        return False
+    if not hasattr(os, "fork") or "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
+    except (ImportError, AttributeError):
+        return False
+    others = [t for t in threading.enumerate()
+              if t is not threading.current_thread() and t.name != _OWN_THREAD]  # fmt: skip
+    return not others
+
+
 class _Worker:
-    def __init__(self, cpu: int, cache: str, preload: str):
+    def __init__(self, cpu: int, cache: str, preload: str, close_in_child=()):
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        # the worker imports the same phylojax as this process
-        root = str(pathlib.Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CODE.format(cpu=cpu), str(child.fileno()), cache, preload],
-            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env,
-        )  # fmt: skip
+        if can_fork():
+            self.proc = self._fork(cpu, cache, preload, parent, child, close_in_child)
+        else:
+            self.proc = self._spawn(cpu, cache, preload, child)
         child.close()
         self.conn = Connection(parent.detach())
         self.cpu = cpu
@@ -88,8 +141,60 @@ class _Worker:
         self.results: dict = {}
         self.lock = threading.Lock()  # one thread at a time sends to or reads from the socket
         self.stderr: list[bytes] = []
-        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader = threading.Thread(target=self._drain, daemon=True, name=_OWN_THREAD)
         self._reader.start()
+
+    @staticmethod
+    def _spawn(cpu, cache, preload, child):
+        env = dict(os.environ)
+        # the worker imports the same phylojax as this process
+        root = str(pathlib.Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+        return subprocess.Popen(
+            [sys.executable, "-c", _CODE.format(cpu=cpu), str(child.fileno()), cache, preload],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+
+    @staticmethod
+    def _fork(cpu, cache, preload, parent, child, close_in_child):
+        """A copy of this process (JAX and phylojax already imported: ~0.9 s of CPU less than
+        a fresh interpreter per worker), pinned to ``cpu`` before JAX starts its backend."""
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 0
+            try:
+                os.close(read_end)
+                parent.close()
+                for fd in close_in_child:  # the other workers' ends of their sockets and pipes
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                os.dup2(write_end, 2)
+                os.sched_setaffinity(0, {cpu})
+                _worker_main(child.detach(), cache, preload)
+            except BaseException:  # noqa: BLE001 -- reported on stderr, read by the parent
+                import traceback
+
+                with contextlib.suppress(Exception):
+                    os.write(2, traceback.format_exc().encode())
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        return _Forked(pid, os.fdopen(read_end, "rb"))
+
+    def child_fds(self) -> list[int]:
+        """This worker's file descriptors that a later forked worker must not keep open."""
+        fds = [self.conn.fileno()]
+        if self.proc.stderr is not None:
+            fds.append(self.proc.stderr.fileno())
+        return fds
 
     def _drain(self):  # keep the worker's stderr pipe from filling (and the last of it for errors)
         for line in self.proc.stderr:
@@ -130,7 +235,10 @@ class Pool:
             self._private_cache = tempfile.TemporaryDirectory(prefix="phylojax-workers-xla-")
             cache = self._private_cache.name
         cpus = sorted(os.sched_getaffinity(0))
-        self.workers = [_Worker(cpus[k % len(cpus)], cache, ",".join(preload)) for k in range(count)]
+        self.workers = []
+        for k in range(count):
+            inherited = [fd for w in self.workers for fd in w.child_fds()]
+            self.workers.append(_Worker(cpus[k % len(cpus)], cache, ",".join(preload), inherited))
         self._numbers = itertools.count(1)  # ticket numbers (next() is atomic under the GIL)
         self.closed = False
 

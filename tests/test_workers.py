@@ -189,3 +189,43 @@ def test_worker_compiles_its_share_program_once():
     out = subprocess.run([sys.executable, "-c", COUNT_WORKER_COMPILES, str(HERE / "CD2.nex")],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.split() == ["1"], out.stderr[-2000:]
+
+
+FORK_SCRIPT = """
+import os, sys
+os.environ["PHYLOJAX_WORKERS"] = "2"
+import jax
+from phylojax import workers
+assert workers.can_fork()  # JAX imported, its backend not started
+pool = workers.get()
+kinds = [type(w.proc).__name__ for w in pool.workers]
+pids = pool.map("os:getpid", [(), ()])
+cpus = pool.map("os:sched_getaffinity", [(0,), (0,)])
+# the workers start JAX themselves, on one CPU each
+import numpy as np
+sums = pool.map("jax.numpy:sum", [(np.array([1.0, 2.0]),), (np.array([3.0, 4.0]),)])
+assert [float(s) for s in sums] == [3.0, 7.0]
+# a forked worker that raises is reported with its traceback
+try:
+    pool.map("operator:truediv", [(1, 0), (1, 1)])
+    raise SystemExit("no error")
+except workers.WorkerError as e:
+    assert "ZeroDivisionError" in str(e)
+jax.numpy.zeros(1).block_until_ready()
+assert not workers.can_fork()  # this process's backend has started now
+print(kinds, len(set(pids)), os.getpid() not in pids, [len(c) for c in cpus])
+"""
+
+
+def test_workers_forked_before_the_backend_starts():
+    """A process whose JAX backend has not started yet forks its workers (no second import of
+    JAX); they are pinned, start their own backend, and report errors like spawned ones."""
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PHYLOJAX_WORKER_START": ""})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['_Forked', '_Forked'] 2 True [1, 1]"
+
+
+def test_worker_start_spawn_is_respected(monkeypatch):
+    monkeypatch.setenv("PHYLOJAX_WORKER_START", "spawn")
+    assert not workers.can_fork()

@@ -48,8 +48,17 @@ def plan(site_count: int) -> tuple[int, int]:
 def start(site_count: int) -> None:
     """Start the worker processes now if fits of ``site_count`` sites would use them (they
     import JAX and the site-fit modules while this process reads and fits the global model)."""
+    preload = (__name__, f"{__package__}.site_fits", f"{__package__}.site_srv_no")
+    if min(workers.worker_count(), site_count // MIN_SITES_PER_WORKER) < 2:
+        return
+    if workers.can_fork():
+        # before plan() asks for the backend: a worker forked before JAX starts its backend
+        # is a copy of this process with everything imported (workers.py)
+        workers.get(preload=preload)
     if plan(site_count)[0]:
-        workers.get(preload=(__name__, f"{__package__}.site_fits", f"{__package__}.site_srv_no"))
+        workers.get(preload=preload)
+    else:  # not the CPU backend after all
+        workers.shutdown()
 
 
 def _arrays(problem: SiteProblem) -> dict:
