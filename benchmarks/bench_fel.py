@@ -113,7 +113,8 @@ def classes(rows, p=0.1):
 
 
 def warm_time(path: pathlib.Path) -> float:
-    code = (
+    code = (  # the command line's XLA:CPU settings first (phylojax/xla_flags.py)
+        "from phylojax.xla_flags import tune_cpu_compiler; tune_cpu_compiler()\n"
         "import jax, time; jax.config.update('jax_enable_x64', True)\n"
         "from phylojax.io import read_alignment\nfrom phylojax.selection.fel import fel\n"
         f"a = read_alignment({str(path)!r}); fel(a)\n"

@@ -74,6 +74,9 @@ def _enable_compilation_cache(jax) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .xla_flags import tune_cpu_compiler
+
+    tune_cpu_compiler()  # before JAX starts its backend (phylojax/xla_flags.py)
     import jax
 
     # Every reported likelihood is float64 (DESIGN.md section 0).

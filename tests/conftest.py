@@ -1,7 +1,12 @@
 import pathlib
 
-import jax
 import pytest
+
+from phylojax.xla_flags import tune_cpu_compiler
+
+tune_cpu_compiler()  # the command line's XLA:CPU settings, before JAX starts its backend
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

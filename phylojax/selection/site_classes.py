@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..xla_flags import site_compiler_options
 from .site_fits import (
     _FD,
     _U_GRID,
@@ -404,9 +405,11 @@ def _driver(tips, problem, free_scale: bool, nuisance: bool, steps: int, rounds:
     return alpha, beta, beta_bg, null_rate, null_bg, jnp.maximum(f_a, f_n), f_n
 
 
-_DRIVER = jax.jit(_driver, static_argnums=(2, 3, 4, 5))
+_OPTIONS = site_compiler_options()  # LLVM level 1 on the CPU (phylojax/xla_flags.py)
+_DRIVER = jax.jit(_driver, static_argnums=(2, 3, 4, 5), compiler_options=_OPTIONS)
 _CHUNKED = jax.jit(lambda tips, problem, *static: lax.map(lambda t: _driver(t, problem, *static),
-                                                         tips), static_argnums=(2, 3, 4, 5))  # fmt: skip
+                                                         tips), static_argnums=(2, 3, 4, 5),
+                   compiler_options=_OPTIONS)  # fmt: skip
 
 
 def _polish(problem, tips, x0, config, iterations):
@@ -417,7 +420,7 @@ def _polish(problem, tips, x0, config, iterations):
     return lax.map(lambda a: _refine(a[0], a[1], problem, config, iterations), (x0, tips))
 
 
-_POLISH = jax.jit(_polish, static_argnums=(3, 4))
+_POLISH = jax.jit(_polish, static_argnums=(3, 4), compiler_options=_OPTIONS)
 
 
 def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: int = 3,
@@ -548,11 +551,11 @@ def _ci_profile(tips, problem, phi, starts, free_scale: bool, steps: int, rounds
     return f, psi, u
 
 
-_CI_PROFILE = jax.jit(_ci_profile, static_argnums=(4, 5, 6))
+_CI_PROFILE = jax.jit(_ci_profile, static_argnums=(4, 5, 6), compiler_options=_OPTIONS)
 _CI_CHUNKED = jax.jit(
     lambda tips, problem, phi, starts, *static: lax.map(
         lambda a: _ci_profile(a[0], problem, a[1], a[2], *static), (tips, phi, starts)),
-    static_argnums=(4, 5, 6))  # fmt: skip
+    static_argnums=(4, 5, 6), compiler_options=_OPTIONS)  # fmt: skip
 
 
 def profile_classes(problem: SiteProblem, tips, phi, starts, *, srv: bool = True,

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..xla_flags import site_compiler_options
 from .site_kernels import (  # noqa: F401  (re-exported: the other site fitters import them here)
     _FD,
     _U_GRID,
@@ -270,7 +271,8 @@ def _fast_driver(
     return alpha, beta, null_rate, jnp.maximum(f_alt, f_null), f_null
 
 
-_FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7, 8))
+_OPTIONS = site_compiler_options()  # LLVM level 1 on the CPU (phylojax/xla_flags.py)
+_FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7, 8), compiler_options=_OPTIONS)
 
 
 def _chunked_driver(tips, problem, grid, *static):
@@ -280,7 +282,8 @@ def _chunked_driver(tips, problem, grid, *static):
     return lax.map(lambda t: _fast_driver(t, problem, grid, *static), tips)
 
 
-_FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7, 8))
+_FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7, 8),
+                        compiler_options=_OPTIONS)
 # bytes allowed for one ``[operation, site, r-grid, state]`` partial buffer of the fast path; XLA
 # keeps a few such buffers live, so this bounds the site stage's memory on large trees
 SITE_BUFFER_BYTES = 2**28
@@ -370,8 +373,8 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
     )  # fmt: skip
 
 
-_SHARED = jax.jit(_profile_shared, static_argnums=(4,))
-_PER_SITE = jax.jit(_profile_per_site, static_argnums=(4,))
+_SHARED = jax.jit(_profile_shared, static_argnums=(4,), compiler_options=_OPTIONS)
+_PER_SITE = jax.jit(_profile_per_site, static_argnums=(4,), compiler_options=_OPTIONS)
 
 
 def profile_dnds(problem: SiteProblem, tips, phi, u0, steps: int = 6):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..xla_flags import site_compiler_options
 from .site_fits import (
     UPPER,
     SiteFits,
@@ -84,8 +85,10 @@ def _driver(tips, problem, grid, refine_rounds: int):
     return jnp.where(use_null, 1.0, beta), jnp.maximum(f_alt, f_null), f_null
 
 
-_DRIVER = jax.jit(_driver, static_argnums=(3,))
-_PER_SITE = jax.jit(lambda beta, tips, problem: _at_beta(beta, tips, problem, False))
+_OPTIONS = site_compiler_options()  # LLVM level 1 on the CPU (phylojax/xla_flags.py)
+_DRIVER = jax.jit(_driver, static_argnums=(3,), compiler_options=_OPTIONS)
+_PER_SITE = jax.jit(lambda beta, tips, problem: _at_beta(beta, tips, problem, False),
+                    compiler_options=_OPTIONS)
 
 
 def profile_beta(problem: SiteProblem, tips, beta) -> np.ndarray:
