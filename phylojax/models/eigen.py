@@ -100,15 +100,16 @@ def _expm_from_eigen(lam, u, t):
 def _sym_expm_jvp(primals, tangents):
     sym, lam, u, t = primals
     dsym, _, _, dt = tangents  # lam and u are stop_gradient'ed: their tangents are zero
-    exp_lt = jnp.exp(lam * t[..., None])
     out = _expm_from_eigen(lam, u, t)
-    # d/dt exp(S t) = U diag(lam e^{lam t}) U^T
-    d_out = jnp.einsum("ik,...k,jk->...ij", u, lam * exp_lt, u) * dt[..., None, None]
-    # Daleckii-Krein for the matrix argument.
-    ds_eig = u.T @ dsym @ u
-    f = _divided_differences(lam, t)
-    d_out = d_out + jnp.einsum("ik,...kl,jl->...ij", u, f * ds_eig, u)
-    return out, d_out
+    # Daleckii-Krein for the matrix argument, F o (U^T dS U), and d/dt exp(S t) = U diag(lam
+    # e^{lam t}) U^T on its diagonal: one eigen-basis matrix per time, taken back by U once. In
+    # reverse mode that is U^T G U per time (2 products of ``state^3``) and dt from its diagonal,
+    # where two separate terms cost a third product per time (HIV_RT's MG94 value-and-gradient,
+    # 949 branches: 412-419 -> 390-391 ms; benchmarks/RESULTS_fel.md).
+    inner = _divided_differences(lam, t) * (u.T @ dsym @ u)
+    diag = jnp.arange(lam.shape[-1])
+    inner = inner.at[..., diag, diag].add(lam * jnp.exp(lam * t[..., None]) * dt[..., None])
+    return out, jnp.einsum("ik,...kl,jl->...ij", u, inner, u)
 
 
 def transition_probs(
