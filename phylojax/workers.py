@@ -141,8 +141,8 @@ class _Worker:
         self.results: dict = {}
         self.lock = threading.Lock()  # one thread at a time sends to or reads from the socket
         self.stderr: list[bytes] = []
+        # started by the pool once every worker exists, so that no thread runs while it forks
         self._reader = threading.Thread(target=self._drain, daemon=True, name=_OWN_THREAD)
-        self._reader.start()
 
     @staticmethod
     def _spawn(cpu, cache, preload, child):
@@ -239,6 +239,8 @@ class Pool:
         for k in range(count):
             inherited = [fd for w in self.workers for fd in w.child_fds()]
             self.workers.append(_Worker(cpus[k % len(cpus)], cache, ",".join(preload), inherited))
+        for w in self.workers:
+            w._reader.start()
         self._numbers = itertools.count(1)  # ticket numbers (next() is atomic under the GIL)
         self.closed = False
 
