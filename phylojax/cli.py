@@ -100,5 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:  # pragma: no cover -- exercised by tests/test_cli.py in a subprocess
+    """The ``phylojax`` command: :func:`main`, then exit without tearing the interpreter down.
+
+    Everything a command writes is closed and flushed by then, and JAX's persistent cache is
+    written as each program compiles; what is left at exit is freeing JAX's runtime, its caches
+    and the FEL worker pool, which took ~0.3 s (HepatitisD with the compilation cache: 3.72 /
+    3.84 / 3.75 s -> 3.49 / 3.45 / 3.48 s end to end). The workers are killed first; a command
+    that raised an uncaught exception exits the ordinary way, with its traceback.
+    """
+    import os
+
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken pipe: report failure, as Python would
+        code = code or 1
+    from . import workers
+
+    workers.shutdown(kill=True)
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -53,3 +53,31 @@ def test_compilation_cache_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     _enable_compilation_cache(home)
     assert home.config.values["jax_compilation_cache_dir"] == str(tmp_path / "cache" / "phylojax" / "xla")
+
+
+def test_console_command_exits_fast_with_its_output_and_status(tmp_path, data_dir):
+    """``python -m phylojax`` (the console command's ``cli.run``) ends with ``os._exit``: the
+    JSON it wrote, its printed summary and its exit status must all survive that, the worker
+    processes must be gone, and an error still gives status 2 and one line."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cd2.json"
+    env = {**os.environ, "PHYLOJAX_CACHE_DIR": str(tmp_path / "xla")}
+    done = subprocess.run([sys.executable, "-m", "phylojax", "fel", "--alignment",
+                           str(data_dir / "hyphy/CD2.nex"), "--output", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Found 13 sites under pervasive positive" in done.stdout
+    doc = json.loads(out.read_text())
+    assert len(doc["MLE"]["content"]["0"]) == 187
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "_worker_main" not in ps and str(out) not in ps
+    bad = subprocess.run([sys.executable, "-m", "phylojax", "fel", "--alignment",
+                          str(tmp_path / "missing.nex")], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "missing.nex: no such file" in bad.stderr
+    assert "Traceback" not in bad.stderr
