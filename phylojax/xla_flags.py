@@ -13,8 +13,8 @@ JAX keeps XLA's defaults). Worker processes inherit the setting through the envi
 The site fits' programs (FEL's largest) are compiled at LLVM optimisation level 1 instead of 2
 (:func:`site_compiler_options`, per program through ``jax.jit(compiler_options=...)``): their
 time goes to matrix products in XLA's runtime library, not to generated code, and level 1 cut
-their compilation by ~25 % (HepatitisD 2.5 -> 2.0 s, rbp3 share 6.9 -> 5.7 s) at the same or
-better speed (0.61 -> 0.60 s, 2.55-2.79 -> 2.59-2.63 s). The global fits' programs stay at
+their compilation by ~20 % (HepatitisD 2.5 -> 2.0 s; rbp3's worker share, first call with its
+compilation, 6.7-7.0 -> 5.5-6.0 s) at the same or better speed (0.61 -> 0.60 s, 2.55-2.79 -> 2.59-2.63 s). The global fits' programs stay at
 level 2 (level 1 made their evaluations ~8 % slower). Only on a CPU-only installation.
 
 The flag is an XLA debug option whose name an XLA release may drop, and XLA aborts on a flag it
