@@ -3,9 +3,9 @@
 phylojax's programs are long chains of small matrix products and elementwise fusions, and on the
 CPU most of a first run is XLA compiling them. With jaxlib 0.10, XLA:CPU's newer MLIR fusion
 emitters took 30 % more compile time than its older LLVM IR emitters for the same programs and
-made the elementwise fusions no faster -- slightly slower: HepatitisD FEL, compile CPU seconds of the
-four programs 10.5 -> 8.6, the site fits 0.70 -> 0.61 s, the warm ``fel()`` 1.44 -> 1.33 s
-(benchmarks/RESULTS_fel.md). :func:`tune_cpu_compiler` turns the fusion emitters off through
+made the elementwise fusions no faster -- slightly slower: HepatitisD FEL, CPU seconds of a
+script that prepares the data and compiles the four programs 10.5 -> 8.6, the site fits
+0.70 -> 0.61 s, the warm ``fel()`` 1.44 -> 1.33 s (benchmarks/RESULTS_fel.md). :func:`tune_cpu_compiler` turns the fusion emitters off through
 ``XLA_FLAGS``, which XLA reads once, when JAX starts its backend; so it must run before the first
 JAX computation of the process, and it does nothing afterwards (a notebook that has already run
 JAX keeps XLA's defaults). Worker processes inherit the setting through the environment.
@@ -43,6 +43,12 @@ def _jaxlib_release() -> tuple[int, int] | None:
         return None
 
 
+def _tuning_allowed() -> bool:
+    """Not switched off (``PHYLOJAX_XLA_TUNING=off``) and a jaxlib the settings were measured with."""
+    off = os.environ.get("PHYLOJAX_XLA_TUNING", "on").strip().lower() in ("off", "0", "no", "false")
+    return not off and _jaxlib_release() in TESTED_JAXLIB
+
+
 def _backend_started() -> bool:
     if "jax" not in sys.modules:
         return False
@@ -58,9 +64,7 @@ def tune_cpu_compiler() -> bool:
     """Add :data:`CPU_FLAGS` to ``XLA_FLAGS`` (see the module docstring); returns whether it did.
 
     Call it before the first JAX computation (the ``phylojax`` command does, first thing)."""
-    if os.environ.get("PHYLOJAX_XLA_TUNING", "on").strip().lower() in ("off", "0", "no", "false"):
-        return False
-    if _jaxlib_release() not in TESTED_JAXLIB or _backend_started():
+    if not _tuning_allowed() or _backend_started():
         return False
     flags = os.environ.get("XLA_FLAGS", "")
     extra = [f for f in CPU_FLAGS if f.split("=")[0] not in flags]
@@ -95,8 +99,6 @@ def site_compiler_options() -> dict | None:
     """``compiler_options`` for the site fits' jitted programs: LLVM level 1 on a CPU-only
     installation of a tested jaxlib (module docstring), else ``None`` (XLA's defaults)."""
     if not _SITE_OPTIONS:
-        tuned = (os.environ.get("PHYLOJAX_XLA_TUNING", "on").strip().lower()
-                 not in ("off", "0", "no", "false")
-                 and _jaxlib_release() in TESTED_JAXLIB and _cpu_only())  # fmt: skip
+        tuned = _tuning_allowed() and _cpu_only()
         _SITE_OPTIONS.append({"xla_backend_optimization_level": 1} if tuned else None)
     return _SITE_OPTIONS[0]

@@ -35,11 +35,16 @@ MIN_SITES_PER_WORKER = 16  # below this a worker's share is not worth its messag
 _FIELDS = ("syn", "nonsyn", "frequencies", "times", "background", "operations")
 
 
+def _count(site_count: int) -> int:
+    """Workers worth starting for ``site_count`` sites, whatever the backend."""
+    return min(workers.worker_count(), site_count // MIN_SITES_PER_WORKER)
+
+
 def plan(site_count: int) -> tuple[int, int]:
     """``(workers, share)``: how many workers take the sites and each share's padded size;
     ``(0, 0)`` when the fits should stay in this process (pool off, fewer than two workers'
     worth of sites, or a backend other than the CPU)."""
-    count = min(workers.worker_count(), site_count // MIN_SITES_PER_WORKER)
+    count = _count(site_count)
     if count < 2 or jax.default_backend() != "cpu":
         return 0, 0
     return count, _bucket(-(-site_count // count), SHARE_STEP)
@@ -49,7 +54,7 @@ def start(site_count: int) -> None:
     """Start the worker processes now if fits of ``site_count`` sites would use them (they
     import JAX and the site-fit modules while this process reads and fits the global model)."""
     preload = (__name__, f"{__package__}.site_fits", f"{__package__}.site_srv_no")
-    if min(workers.worker_count(), site_count // MIN_SITES_PER_WORKER) < 2:
+    if _count(site_count) < 2:
         return
     if workers.can_fork():
         # before plan() asks for the backend: a worker forked before JAX starts its backend

@@ -230,7 +230,8 @@ def _fast_driver(
     # With the stencil, the grid values are not converged in r: round 0 evaluates the best grid
     # angle itself (converging r there) and lets that value stand in for the model's; the later
     # rounds probe. One loop for both keeps one copy of the per-site profile in the compiled
-    # program (it was two: the site program's compilation 2.0 -> 1.7 s on HepatitisD).
+    # program (it was two: the first call on one core, compilation included, 3.19 -> 2.61 s on
+    # HepatitisD's worker share, outputs bit-identical; docs/fel.md "Site optimiser").
     first_round = 1 if stencil else 0
 
     def round_(i, state):
