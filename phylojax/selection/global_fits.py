@@ -391,7 +391,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     x0[0] = np.log(3.0 / rate) if np.isfinite(rate) and rate > 0 else 0.0
     x, prop_ll, prop_steps = maximise(
         prop_vg, x0, np.full_like(x0, np.log(1e-6)), np.full_like(x0, np.log(UPPER)), max_steps,
-        stall_tol=FIT_STALL["stall_tol"], stall_window=4)  # 2-3 parameters, only a start
+        stall_tol=FIT_STALL["stall_tol"], stall_window=2)  # 2-3 parameters, only a start
     scale, prop_omega = float(np.exp(x[0])), np.exp(x[1:])
 
     # Step 4: full refit, started from the proportional fit.
