@@ -28,7 +28,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from ..models.eigen import _divided_differences
@@ -158,6 +157,9 @@ def _refine(x0, tip, problem, config, iterations):
         return -_loglik_raw(jnp.exp(jnp.clip(y, _X_MIN, _X_MAX)), tip, problem, config)
 
     value_and_grad = jax.value_and_grad(f)
+
+    import optax  # here, not at the top: importing optax is ~70 ms of every `phylojax fel` start,
+    # and only the background-branch and general paths use it
 
     tx = optax.scale_by_lbfgs(memory_size=6)
     steps = jnp.asarray(_STEPS)
