@@ -28,7 +28,7 @@ def test_block_scale_matches_the_curvature_of_each_block():
     block_of = np.select(blocks, [0, 1, 2])
     curvature = factors[block_of] / x0
     vg = _quadratic(curvature, x0 * 1.3)
-    scale, f0, evaluations = block_scale(vg, x0, blocks, np.full(7, 1e4))
+    scale, f0, _, evaluations = block_scale(vg, x0, blocks, np.full(7, 1e4))
     assert evaluations == 1 + len(blocks)
     assert np.isclose(f0, float(vg(jnp.asarray(x0))[0]))
     # a quadratic's finite differences are exact: scale_i = 1 / sqrt(c_i)
@@ -40,7 +40,7 @@ def test_block_scale_keeps_sqrt_where_the_probe_finds_no_curvature():
     curvature = np.array([0.0, 0.0, 7.0])  # the first block is flat
     vg = _quadratic(curvature, np.zeros(3))
     blocks = [np.array([True, True, False]), np.array([False, False, True])]
-    scale, _, _ = block_scale(vg, x0, blocks, np.full(3, 1e4))
+    scale, _, _, _ = block_scale(vg, x0, blocks, np.full(3, 1e4))
     np.testing.assert_allclose(scale[:2], sqrt_scale(x0)[:2])
     np.testing.assert_allclose(scale[2], 1.0 / np.sqrt(7.0), rtol=1e-6)
 
@@ -55,7 +55,7 @@ def test_block_scale_probes_inside_the_upper_bound():
         return quadratic(x)
 
     blocks = [np.array([True, False]), np.array([False, True])]
-    scale, _, _ = block_scale(vg, x0, blocks, np.array([1e4, 1e4]))
+    scale, _, _, _ = block_scale(vg, x0, blocks, np.array([1e4, 1e4]))
     np.testing.assert_allclose(scale, 1.0 / np.sqrt([3.0, 5.0]), rtol=1e-6)
     # the parameter at its bound is probed downwards, never beyond it
     assert all(np.all(p <= 1e4) for p in points)
@@ -74,12 +74,16 @@ def test_maximise_with_block_scale_reaches_the_optimum_and_reuses_f0():
         return vg(x)
 
     blocks = [np.arange(4) < 2, np.arange(4) >= 2]
-    scale, f0, _ = block_scale(vg, x0, blocks, np.full(4, 1e4))
-    x, f, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale, f0=f0)
+    scale, f0, g0, _ = block_scale(vg, x0, blocks, np.full(4, 1e4))
+    x, f, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale, f0=f0, g0=g0)
     np.testing.assert_allclose(x, centre, atol=1e-6)
     assert f > -1e-9
-    # f0 given: maximise does not evaluate the start again (n counts L-BFGS-B's evaluations)
+    # f0 and g0 given: maximise never evaluates the start (n counts its evaluations)
     assert len(calls) == n
+    assert not any(np.allclose(c, x0) for c in calls)
     calls.clear()
-    _, _, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale)
-    assert len(calls) == n + 1
+    x, _, n = maximise(counted, x0, np.full(4, 1e-9), np.full(4, 1e4), x_scale=scale)
+    np.testing.assert_allclose(x, centre, atol=1e-6)
+    # without them the start is evaluated once, not again by L-BFGS-B's first call
+    assert len(calls) == n
+    assert sum(np.allclose(c, x0) for c in calls) == 1
