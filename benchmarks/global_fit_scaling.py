@@ -81,7 +81,7 @@ def main() -> None:
         k = 5 + n_omega
         index = np.arange(len(x0))
         blocks = [index < 5, (index >= 5) & (index < k), index >= k]
-        runs = {"sqrt": (G.sqrt_scale(x0), None, 1)}  # 1: maximise's own start evaluation
+        runs = {"sqrt": (G.sqrt_scale(x0), None, None, 0)}  # maximise counts its start
         runs["block"] = G.block_scale(vg, x0, blocks, upper)
         if args.exact:
             base = G.sqrt_scale(x0)
@@ -89,11 +89,11 @@ def main() -> None:
             ok = np.isfinite(diag) & (diag < 0)
             exact = np.where(ok, 1.0 / np.sqrt(np.abs(np.where(ok, diag, -1.0))), base)
             factor = np.median((exact / base)[k:][ok[k:]])
-            runs["exact"] = (exact, None, 1)
-            runs["exact branches"] = (np.concatenate([base[:k] * factor, exact[k:]]), None, 1)
+            runs["exact"] = (exact, None, None, 0)
+            runs["exact branches"] = (np.concatenate([base[:k] * factor, exact[k:]]), None, None, 0)
         print(f"{name}: {len(x0)} parameters")
-        for label, (scale, f0, probes) in runs.items():
-            _, f, n = G.maximise(vg, x0, lower, upper, 3000, x_scale=scale, f0=f0)
+        for label, (scale, f0, g0, probes) in runs.items():
+            _, f, n = G.maximise(vg, x0, lower, upper, 3000, x_scale=scale, f0=f0, g0=g0)
             print(f"  {label:15s} {n + probes:4d} evaluations, lnL {f:.9f}")
 
 
