@@ -148,7 +148,8 @@ def block_scale(value_and_grad, x0, blocks, upper, step: float = 1e-4):
     ``sqrt(x0_i)``. Full MG94 fit evaluations with this scaling, its 4 included, against
     :func:`sqrt_scale`: rbp3 27 vs 45, yokoyama_rh1 29 vs 49, HIV_RT 76 vs 123, HepatitisD 20
     vs 22, p51 18 vs 23, Bacterial_PTS 33 vs 36, partitioned 43 vs 48, CD2 24 vs 18; the same
-    optimum to 1e-9 (benchmarks/global_fit_scaling.py, docs/fel.md).
+    optimum to 1e-9 (benchmarks/global_fit_scaling.py, docs/fel.md; counted before e90741f,
+    when scipy evaluated the start a second time: the script now gives HepatitisD 21 vs 21).
 
     Returns ``(x_scale, f0, g0, evaluations)``: lnL and its gradient at ``x0`` (for
     :func:`maximise`). A block whose probe gives no negative curvature keeps ``sqrt(x0)``.
