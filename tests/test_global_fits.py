@@ -1,5 +1,7 @@
 """The global fits' optimiser pieces: the block-scaled preconditioner against closed forms."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,3 +89,36 @@ def test_maximise_with_block_scale_reaches_the_optimum_and_reuses_f0():
     # without them the start is evaluated once, not again by L-BFGS-B's first call
     assert len(calls) == n
     assert sum(np.allclose(c, x0) for c in calls) == 1
+
+
+def test_full_fit_recovers_from_a_start_that_pushes_omega_onto_its_bound(monkeypatch):
+    """The full MG94 fit started where the proportional fit starts (omega = 1, GTR lengths scaled),
+    as if the proportional fit had stopped at once. On p51 lnL falls steeply in omega towards
+    ~0.23, so L-BFGS-B's first steps project omega onto its lower bound; at omega = 0 lnL is -inf
+    (no non-synonymous change possible). With 0 as the bound the fit crawled along that wall and
+    stopped after 203 evaluations at -3245.21, 69 below the optimum; rates and omega are now
+    bounded below by T_MIN (finite lnL, a gradient pointing back) and snapped to 0 afterwards
+    when that does not lower lnL, as branch lengths are."""
+    import phylojax.selection.global_fits as G
+    from phylojax.io import read_alignment
+    from phylojax.models.codon import codon_frequencies
+    from phylojax.selection.fel import prepare_partitions
+
+    aln = read_alignment(pathlib.Path(__file__).parent / "data" / "hyphy" / "p51.nex")
+    parts, nuc_pi, counts = prepare_partitions(aln)
+    _, g = codon_frequencies(counts, "CF3X4", 1)
+    data = [p.data for p in parts]
+    reference = G.fit_global(data, nuc_pi, g)
+    original = G.maximise
+
+    def proportional_stops_at_its_start(value_and_grad, x0, *args, **kwargs):
+        if len(x0) > 3:
+            return original(value_and_grad, x0, *args, **kwargs)
+        return np.asarray(x0, float), float(value_and_grad(jnp.asarray(x0))[0]), 1
+
+    monkeypatch.setattr(G, "maximise", proportional_stops_at_its_start)
+    fit = G.fit_global(data, nuc_pi, g)
+    assert fit.steps["MG94 proportional"] == 1 and fit.proportional_omega[0] == 1.0
+    assert fit.loglik >= reference.loglik - 1e-3
+    assert fit.steps["MG94 full"] < 100
+    assert np.isfinite(fit.loglik) and np.all(fit.omega > 0)

@@ -22,9 +22,12 @@ from ..models.nucleotide import ReversibleModel, gtr
 from ..models.rates import rate_model
 
 UPPER = 10000.0  # HyPhy's bound on every parameter
-# Branch lengths are optimised in [T_MIN, UPPER] (a branch at exactly 0 between different tips
-# gives lnL = -inf, which derails the line search) and snapped to 0 afterwards when that does not
-# lower lnL; T_MIN changes lnL by < 1e-7.
+# Branch lengths, rates and omega are optimised in [T_MIN, UPPER] and snapped to 0 afterwards when
+# that does not lower lnL; T_MIN changes lnL by < 1e-7. At exactly 0 lnL can be -inf (a branch
+# between different tips; omega = 0 with any non-synonymous change; a rate whose change the data
+# need), which derails the line search: L-BFGS-B's projected steps land on the bound again and
+# again (p51's full fit from omega = 1 stopped 69 lnL units short after 203 evaluations,
+# tests/test_global_fits.py). Just above 0, lnL is finite and its gradient points back.
 T_MIN = 1e-9
 
 
@@ -351,10 +354,10 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     def branch_lower():
         return np.concatenate([np.where(fr, T_MIN, 0.0) for fr in free_np])
 
-    def snap(value_and_grad, x, f, k):
-        """Branches at the lower bound -> exactly 0 (as HyPhy reports) unless lnL drops."""
-        at = np.zeros_like(x, bool)
-        at[k:] = (x[k:] <= T_MIN * 1.0001) & (x[k:] > 0)
+    def snap(value_and_grad, x, f):
+        """Parameters at the lower bound ``T_MIN`` -> exactly 0 (as HyPhy reports) unless lnL
+        drops."""
+        at = (x <= T_MIN * 1.0001) & (x > 0)
         if not at.any():
             return x, f
         y = np.where(at, 0.0, x)
@@ -364,7 +367,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     # Step 2: nucleotide GTR.
     x0 = np.concatenate([np.ones(5)] + [np.where(fr, np.clip(part.initial_lengths, 1e-3, 1.0), 0.0)
                                         for part, fr in zip(parts, free_np)])  # fmt: skip
-    lower = np.concatenate([np.zeros(5), branch_lower()])
+    lower = np.concatenate([np.full(5, T_MIN), branch_lower()])
     upper = np.concatenate([np.full(5, UPPER), branch_bounds()])
 
     def gtr_vg(x):
@@ -372,7 +375,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     x, gtr_ll, gtr_steps = maximise(gtr_vg, x0, lower, upper, max_steps, x_scale=sqrt_scale(x0),
                                     **FIT_STALL)  # fmt: skip
-    x, gtr_ll = snap(gtr_vg, x, gtr_ll, 5)
+    x, gtr_ll = snap(gtr_vg, x, gtr_ll)
     gtr_rates = np.insert(x[:5], 1, 1.0)  # _theta6 in numpy
     gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
@@ -409,8 +412,8 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     # Step 4: full refit, started from the proportional fit.
     x0 = np.concatenate([gtr_rates[[0, 2, 3, 4, 5]], prop_omega]
                         + [scale * bl for bl in gtr_lengths])  # fmt: skip
-    x0 = np.maximum(x0, np.concatenate([np.zeros(5 + n_omega), branch_lower()]))
-    lower = np.concatenate([np.zeros(5 + n_omega), branch_lower()])
+    lower = np.concatenate([np.full(5 + n_omega, T_MIN), branch_lower()])
+    x0 = np.maximum(x0, lower)
     upper = np.concatenate([np.full(5 + n_omega, UPPER), branch_bounds()])
 
     index = np.arange(len(x0))
@@ -419,7 +422,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     x, full_ll, full_steps = maximise(full_vg, x0, lower, upper, max_steps, x_scale=x_scale, f0=f0,
                                       g0=g0, **FIT_STALL)  # fmt: skip
     full_steps += probes
-    x, full_ll = snap(full_vg, x, full_ll, 5 + n_omega)
+    x, full_ll = snap(full_vg, x, full_ll)
     theta = np.insert(x[:5], 1, 1.0)
     omega = x[5 : 5 + n_omega]
     omega = np.asarray(omega if two_class else [omega[0], omega[0]])
