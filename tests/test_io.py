@@ -188,3 +188,27 @@ def test_cli_loglik_json_site_and_ancestral(tmp_path, capsys, data_dir):
     anc = anc_file.read_text().splitlines()
     assert anc[0].split("\t")[:6] == ["node", "site", "A", "C", "G", "T"]
     assert len(anc) == 1 + 5 * 600  # 5 internal nodes of the unrooted 7-taxon tree
+
+
+def test_pattern_compression_is_exact_when_hashes_collide(monkeypatch):
+    import phylojax.patterns as patterns
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 2, size=(4, 300, 3)).astype(float)
+    data[:, 5] = np.where(data[:, 9] == 0, -0.0, data[:, 9])  # column 9 with -0.0 for 0.0
+    assert data[:, 5].tobytes() != data[:, 9].tobytes()
+    expected = compress(data)
+    # every column hashed alike: the rows themselves must be compared and sorted instead
+    monkeypatch.setattr(patterns, "_row_keys", lambda rows: np.zeros(len(rows), np.uint64))
+    collided = compress(data)
+    np.testing.assert_array_equal(collided.site_to_pattern, expected.site_to_pattern)
+    np.testing.assert_array_equal(collided.weights, expected.weights)
+    np.testing.assert_array_equal(collided.data, expected.data)
+    assert expected.site_to_pattern[5] == expected.site_to_pattern[9]
+    # first-appearance order, against a plain dictionary of columns
+    columns = [c.tobytes() for c in np.moveaxis(data + 0.0, 1, 0)]
+    seen = {}
+    for c in columns:
+        seen.setdefault(c, len(seen))
+    assert expected.pattern_count == len(seen)
+    np.testing.assert_array_equal(expected.site_to_pattern, [seen[c] for c in columns])
