@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ..alphabets import codon_partials, nucleotide_partials
+from ..host import to_device
 from ..io import Alignment
 from ..models.eigen import transition_probs
 from ..models.nucleotide import ReversibleModel
@@ -44,7 +45,7 @@ class PhyloData(eqx.Module):
         return self.pattern_weights.shape[-1]
 
     def with_operations(self, operations) -> PhyloData:
-        return eqx.tree_at(lambda d: d.operations, self, jnp.asarray(operations, jnp.int32))
+        return eqx.tree_at(lambda d: d.operations, self, to_device(operations, np.int32))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,10 +68,10 @@ class Problem:
 def make_data(tip_partials: np.ndarray, pattern_weights: np.ndarray, topology: Topology) -> PhyloData:
     tips = np.asarray(tip_partials, dtype=np.float64)
     return PhyloData(
-        tip_partials=jnp.asarray(np.moveaxis(tips, 1, 2)),
-        pattern_weights=jnp.asarray(pattern_weights, dtype=np.float64),
-        operations=jnp.asarray(topology.operations, dtype=jnp.int32),
-        invariant_states=jnp.asarray(np.prod(np.moveaxis(tips, 1, 2), axis=0)),
+        tip_partials=to_device(np.moveaxis(tips, 1, 2)),
+        pattern_weights=to_device(pattern_weights, np.float64),
+        operations=to_device(topology.operations, np.int32),
+        invariant_states=to_device(np.prod(np.moveaxis(tips, 1, 2), axis=0)),
     )
 
 

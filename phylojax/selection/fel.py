@@ -19,6 +19,7 @@ import numpy as np
 from .. import aot
 from ..alphabets import codon_partials, nucleotide_partials
 from ..errors import PrecisionError, input_error
+from ..host import to_device
 from ..io import Alignment, parse_newick, tree_for_alignment
 from ..likelihood.api import make_data
 from ..likelihood.topology import build_topology
@@ -252,9 +253,9 @@ def fel(
     for k, part in enumerate(parts):
         times = gfit.times[k]
         problem = SiteProblem(
-            syn=r_s, nonsyn=r_n, frequencies=pi, times=jnp.asarray(times),
-            background=jnp.asarray(part.data.background),
-            operations=jnp.asarray(part.data.codon.operations),
+            syn=r_s, nonsyn=r_n, frequencies=pi, times=to_device(times),
+            background=to_device(part.data.background),
+            operations=to_device(part.data.codon.operations),
             has_background=bool(np.any(part.data.background & (times > 0))),
         )  # fmt: skip
         tips, var, is_const = patterns[k]
@@ -326,7 +327,7 @@ def _compile_sites_later(part, patterns, srv: bool):
     problem = SiteProblem(
         syn=matrix, nonsyn=matrix, frequencies=jax.ShapeDtypeStruct((states,), jnp.float64),
         times=jax.ShapeDtypeStruct(background.shape, jnp.float64),
-        background=jnp.asarray(background), operations=jnp.asarray(part.data.codon.operations),
+        background=to_device(background), operations=to_device(part.data.codon.operations),
     )  # fmt: skip
     tickets = parallel.compile_later(problem, len(var), tips.shape[1], states,
                                      "fast" if srv else "srv_no")  # fmt: skip

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..host import to_device
 from ..likelihood.api import PhyloData, log_likelihood
 from ..models.codon import expected_rate_np, mg94_parts, mg94_parts_jit
 from ..models.nucleotide import ReversibleModel, gtr
@@ -82,7 +83,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
         d = np.asarray(x_scale, float)
 
         def scaled(y):
-            f, g = value_and_grad(jnp.asarray(np.asarray(y) * d))
+            f, g = value_and_grad(to_device(np.asarray(y) * d))
             return f, np.asarray(g) * d
 
         y, f, n = maximise(scaled, np.asarray(x0, float) / d, np.asarray(lower, float) / d,
@@ -93,7 +94,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
     bounds = list(zip(np.asarray(lower, float), np.asarray(upper, float)))
     x = np.clip(np.asarray(x0, float), lower, upper)
     if f0 is None or g0 is None or not np.array_equal(x, np.asarray(x0, float)):
-        f0, g0 = value_and_grad(jnp.asarray(x))
+        f0, g0 = value_and_grad(to_device(x))
         count[0] += 1
     start = {"x": x.copy(), "f": float(f0), "g": np.asarray(g0, dtype=np.float64)}
     f0 = start["f"]
@@ -108,7 +109,7 @@ def maximise(value_and_grad, x0, lower, upper, max_steps: int = 3000, max_restar
             f, g = start["f"], start["g"]
         else:
             count[0] += 1
-            f, g = value_and_grad(jnp.asarray(x.copy()))
+            f, g = value_and_grad(to_device(x))
             f, g = float(f), np.asarray(g, dtype=np.float64)
         start.clear()
         if not (np.isfinite(f) and np.all(np.isfinite(g))):
@@ -159,7 +160,7 @@ def block_scale(value_and_grad, x0, blocks, upper, step: float = 1e-4):
     """
     x0 = np.asarray(x0, float)
     base = sqrt_scale(x0)
-    f0, g0 = value_and_grad(jnp.asarray(x0))
+    f0, g0 = value_and_grad(to_device(x0))
     f0, g0 = float(f0), np.asarray(g0, float)
     scale, evaluations = base.copy(), 1
     if not (np.isfinite(f0) and np.all(np.isfinite(g0))):
@@ -168,7 +169,7 @@ def block_scale(value_and_grad, x0, blocks, upper, step: float = 1e-4):
     for mask in blocks:
         d = np.where(mask, step * np.maximum(np.abs(x0), 1e-3), 0.0)
         d = np.where(x0 + d > upper, -d, d)
-        g1 = np.asarray(value_and_grad(jnp.asarray(x0 + d))[1], float)
+        g1 = np.asarray(value_and_grad(to_device(x0 + d))[1], float)
         evaluations += 1
         with np.errstate(divide="ignore", invalid="ignore"):
             curvature = (g1 - g0) / np.where(d != 0, d, 1.0)
@@ -309,11 +310,11 @@ def _full_value_and_grad(x, free, codon, background, g, code, two_class):
 
 def _codon_arguments(parts: list[PartitionData], position_frequencies):
     """``(free, codon, background, g, two_class)`` as :func:`_full_value_and_grad` takes them."""
-    free = [jnp.asarray(part.free) for part in parts]
+    free = [to_device(part.free) for part in parts]
     codon = [part.codon for part in parts]
-    background = [jnp.asarray(part.background) for part in parts]
+    background = [to_device(part.background) for part in parts]
     two_class = bool(any(np.any(part.background & part.free) for part in parts))
-    return free, codon, background, jnp.asarray(position_frequencies), two_class
+    return free, codon, background, to_device(position_frequencies), two_class
 
 
 def compile_global_later(parts: list[PartitionData], position_frequencies, code=1):
@@ -323,7 +324,7 @@ def compile_global_later(parts: list[PartitionData], position_frequencies, code=
 
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
     n = 5 + (2 if two_class else 1) + sum(int(f.shape[0]) for f in free)
-    dtype = jnp.asarray(np.zeros(1)).dtype
+    dtype = to_device(np.zeros(1)).dtype
     # the small codon-model setup first: fit_global calls it between the GTR and MG94 fits, and
     # compiled there it waits behind the large programs (0.6-1.1 s on HepatitisD, 2 cores)
     aot.compile_later(mg94_parts_jit, jax.ShapeDtypeStruct((6,), dtype), g, code)
@@ -343,7 +344,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     if isinstance(precompiled, str):
         precompiled = compile_global_later(parts, position_frequencies, code)
-    nuc_pi = jnp.asarray(nucleotide_frequencies)
+    nuc_pi = to_device(nucleotide_frequencies)
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
     free_np = [np.asarray(part.free) for part in parts]
     nucleotide = [part.nucleotide for part in parts]
@@ -361,7 +362,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
         if not at.any():
             return x, f
         y = np.where(at, 0.0, x)
-        fy = float(value_and_grad(jnp.asarray(y))[0])
+        fy = float(value_and_grad(to_device(y))[0])
         return (y, fy) if np.isfinite(fy) and fy >= f - 1e-9 else (x, f)
 
     # Step 2: nucleotide GTR.
@@ -393,7 +394,7 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
 
     def prop_vg(x):  # logarithms of (scale, omega...): smooth, lnL never -inf inside the bounds
         e = np.exp(np.asarray(x, dtype=np.float64))
-        f, grad = full_vg(jnp.asarray(np.concatenate([theta5, e[1:], e[0] * lengths])))
+        f, grad = full_vg(to_device(np.concatenate([theta5, e[1:], e[0] * lengths])))
         grad = np.asarray(grad)
         d_scale = e[0] * float(lengths @ grad[5 + n_omega :])
         return f, np.concatenate([[d_scale], e[1:] * grad[5 : 5 + n_omega]])

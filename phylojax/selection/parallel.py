@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from .. import aot, workers
+from ..host import to_device
 from .site_fits import SiteFits, SiteProblem, _bucket
 
 SHARE_STEP = 4  # share padding: powers of two up to 64, then multiples of this (the per-site
@@ -77,11 +78,9 @@ def _arrays(problem: SiteProblem) -> dict:
 
 
 def _problem(arrays: dict) -> SiteProblem:
-    import jax.numpy as jnp
-
     def value(f):
         a = arrays[f]
-        return a if isinstance(a, jax.ShapeDtypeStruct) else jnp.asarray(a)
+        return a if isinstance(a, jax.ShapeDtypeStruct) else to_device(a)
 
     return SiteProblem(*(value(f) for f in _FIELDS), has_background=arrays["has_background"])
 

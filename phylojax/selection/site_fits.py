@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..host import to_device
 from ..xla_flags import site_compiler_options
 from .site_kernels import (  # noqa: F401  (re-exported: the other site fitters import them here)
     _FD,
@@ -311,7 +312,7 @@ STENCIL = (-1.0, -0.3, 0.0, 0.3, 1.0)
 def _fast_grid(grid_size: int, omega_range: float):
     half = grid_size // 2
     omegas = np.exp(np.linspace(-math.log(omega_range), math.log(omega_range), 2 * half - 1))
-    return jnp.asarray(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
+    return to_device(np.concatenate([[0.0], np.arctan(omegas), [math.pi / 2]]))
 
 
 def _fast_program(problem, site_count, taxon_count, state_count, grid_size=25,
@@ -364,7 +365,7 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
         problem, site_count, taxon_count, state_count, **settings)
     if padded > site_count:
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
-    out = program(jnp.asarray(tips.reshape(shape)), problem, grid, *static)
+    out = program(to_device(tips.reshape(shape)), problem, grid, *static)
     alpha, beta, null_rate, f_alt, f_null = [np.asarray(o).reshape(-1) for o in out]
     nan = np.full(site_count, np.nan)
     n = site_count
@@ -380,4 +381,4 @@ _PER_SITE = jax.jit(_profile_per_site, static_argnums=(4,), compiler_options=_OP
 
 def profile_dnds(problem: SiteProblem, tips, phi, u0, steps: int = 6):
     """Profile log-likelihood ``max_r`` at per-site angles ``phi`` (dN/dS = tan phi)."""
-    return _PER_SITE(jnp.asarray(phi), jnp.asarray(u0), jnp.asarray(tips), problem, steps)
+    return _PER_SITE(to_device(phi), to_device(u0), to_device(tips), problem, steps)
