@@ -57,7 +57,7 @@ logging.getLogger("jax").addHandler(H())
 from phylojax.io import read_alignment
 from phylojax.selection.fel import fel
 fel(read_alignment(sys.argv[1]))
-print(seen.count("_fast_driver"), seen.count("_full_value_and_grad"))
+print(seen.count("_fast_driver"), seen.count("_full_value_and_grad"), seen.count("stage"))
 """
 
 
@@ -65,9 +65,35 @@ print(seen.count("_fast_driver"), seen.count("_full_value_and_grad"))
 def test_fel_compiles_each_program_once():
     """In a fresh process, the site driver and the MG94 objective are compiled exactly once:
     the background job's abstract signature is the one the analysis then calls (a mismatch would
-    compile twice)."""
+    compile twice). And no ``stage`` program: host data go to the device by ``device_put``
+    (:func:`phylojax.host.to_device`), not by ``jnp.asarray``, which compiles one per shape."""
     env = {**os.environ, "PHYLOJAX_CACHE_DIR": "off", "PHYLOJAX_PRECOMPILE": "on",
            "PHYLOJAX_WORKERS": "off"}  # the site fits in this process (test_workers has the pool's)
     out = subprocess.run([sys.executable, "-c", COUNT_COMPILES, str(HERE / "CD2.nex")], env=env,
                          capture_output=True, text=True, check=True)  # fmt: skip
-    assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1", "0"], out.stderr[-2000:]
+
+
+def test_to_device_compiles_nothing_and_keeps_dtypes():
+    from phylojax.host import to_device
+
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if "backend_compile" in event:
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        x = np.arange(3 * 11 * 7, dtype=np.float64).reshape(3, 11, 7)  # shapes no other test uses
+        y = to_device(x)
+        assert not compiled
+        assert isinstance(y, jax.Array) and y.dtype == jax.dtypes.canonicalize_dtype(np.float64)
+        np.testing.assert_array_equal(np.asarray(y), x)
+        assert to_device([1, 0, 1], np.int32).dtype == np.int32
+        assert to_device(y) is y
+        assert not compiled
+        jnp.asarray(np.ones((5, 13, 2)))  # the listener does see what jnp.asarray compiles
+        assert compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
