@@ -33,10 +33,10 @@ def compress(tip_data: np.ndarray) -> Patterns:
     each column gets a 64-bit multiply-add hash, the hashes are sorted, and every column is then
     checked against the first column with its hash; only if two different columns share a hash
     (not seen in practice) are the columns themselves sorted (``np.unique(axis=0)``). Sorting
-    the hashes instead of the columns: HepatitisD's 196 codon columns of 33 x 61 values,
-    36 -> ~1 ms.
+    the hashes instead of the columns: HepatitisD's 196 codon columns of 33 x 61 values
+    46 -> 14 ms, HIV_RT's 335 of 476 x 61 661 -> 179 ms.
     """
-    taxon_count, site_count = tip_data.shape[:2]
+    site_count = tip_data.shape[1]
     columns = np.ascontiguousarray(np.moveaxis(tip_data, 1, 0)).reshape(site_count, -1)
     if columns.dtype.kind in "fc":
         columns = columns + 0  # -0.0 -> 0.0
