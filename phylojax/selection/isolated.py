@@ -143,14 +143,13 @@ def _child_main(inp: str, out: str, cache: str) -> None:
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    import jax.numpy as jnp
-
+    from ..host import to_device
     from .site_classes import fit_sites_classes
 
     with np.load(inp) as d:
         problem = SiteProblem(
-            jnp.asarray(d["syn"]), jnp.asarray(d["nonsyn"]), jnp.asarray(d["frequencies"]),
-            jnp.asarray(d["times"]), jnp.asarray(d["background"]), jnp.asarray(d["operations"]),
+            *(to_device(d[f]) for f in ("syn", "nonsyn", "frequencies", "times", "background",
+                                        "operations")),
             has_background=bool(d["has_background"]),
         )  # fmt: skip
         tips, srv, ci = d["tips"], bool(d["srv"]), bool(d["ci"])

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..host import to_device
 from ..xla_flags import site_compiler_options
 from .site_fits import (
     _FD,
@@ -447,9 +448,9 @@ def fit_sites_classes(problem: SiteProblem, tips, *, srv: bool = True, steps: in
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
     static = (bool(srv), nuisance, steps, rounds)
     if padded == chunk:
-        out = _DRIVER(jnp.asarray(tips), problem, *static)
+        out = _DRIVER(to_device(tips), problem, *static)
     else:
-        out = _CHUNKED(jnp.asarray(tips.reshape((-1, chunk) + tips.shape[1:])), problem, *static)
+        out = _CHUNKED(to_device(tips.reshape((-1, chunk) + tips.shape[1:])), problem, *static)
         out = [o.reshape(-1) for o in out]
     alpha, beta, beta_bg, null_rate, null_bg, f_alt, f_null = (np.asarray(o)[:site_count] for o in out)
     if polish:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..host import to_device
 from ..models.eigen import _divided_differences
 from .site_fits import UPPER, SiteFits, SiteProblem, site_log_likelihood
 
@@ -266,7 +267,7 @@ def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iteration
             pad = (-part.shape[0]) % 8  # bucket the site axis a little (fewer compilations)
             if pad:
                 part = np.concatenate([part, np.repeat(part[:1], pad, 0)])
-            x, f = run(jnp.asarray(part), lo, part.shape[0] - pad)
+            x, f = run(to_device(part), lo, part.shape[0] - pad)
             outs.append((np.asarray(x)[: part.shape[0] - pad], np.asarray(f)[: part.shape[0] - pad]))
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
@@ -276,7 +277,7 @@ def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iteration
         grid = _compiled("grid", problem, null_cfg)
         f0 = chunks(lambda t, lo, n: (jnp.zeros((t.shape[0], 0)), grid(jnp.zeros((1, 0)), t)[:, 0]))[1]
     else:
-        pts = jnp.asarray(_grid(null_dim, *null_cfg))
+        pts = to_device(_grid(null_dim, *null_cfg))
         fit = _compiled("fit", problem, null_cfg, iterations)
         x0, f0 = chunks(lambda t, lo, n: fit(t, pts, None))
     # the null's MLE as a start of the alternative (nested: l_alt >= l_null)
@@ -284,13 +285,13 @@ def fit_sites_general(problem: SiteProblem, tips, *, srv: bool = True, iteration
         as_alt = np.column_stack([x0[:, 0], x0[:, 0]] + ([x0[:, 1]] if nuis else []))
     else:
         as_alt = np.column_stack([np.ones(site_count)] + ([x0[:, 0]] if nuis else []))
-    pts = jnp.asarray(_grid(alt_dim, *alt_cfg))
+    pts = to_device(_grid(alt_dim, *alt_cfg))
     fit = _compiled("fit", problem, alt_cfg, iterations)
 
     def run_alt(t, lo, n):
         extra = as_alt[lo : lo + n]
         extra = np.concatenate([extra, np.repeat(extra[:1], t.shape[0] - n, 0)])
-        return fit(t, pts, jnp.asarray(extra))
+        return fit(t, pts, to_device(extra))
 
     xa, fa = chunks(run_alt)
     use_null = f0 > fa

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..host import to_device
 from ..xla_flags import site_compiler_options
 from .site_fits import (
     UPPER,
@@ -94,7 +95,7 @@ _PER_SITE = jax.jit(lambda beta, tips, problem: _at_beta(beta, tips, problem, Fa
 def profile_beta(problem: SiteProblem, tips, beta) -> np.ndarray:
     """Site log-likelihoods at alpha = 1 and per-site ``beta`` (the ``--srv No`` profile has no
     nuisance parameter: it is the likelihood itself)."""
-    return np.asarray(_PER_SITE(jnp.asarray(beta), jnp.asarray(tips), problem))
+    return np.asarray(_PER_SITE(to_device(beta), to_device(tips), problem))
 
 
 def compile_srv_no_later(problem: SiteProblem, site_count: int, taxon_count: int,
@@ -128,9 +129,9 @@ def fit_sites_srv_no(problem: SiteProblem, tips, *, grid_size: int = 40,
     padded = _bucket(site_count, step)
     if padded > site_count:
         tips = np.concatenate([tips, np.repeat(tips[:1], padded - site_count, 0)])
-    grid = jnp.asarray(beta_grid(grid_size), tips.dtype)
+    grid = to_device(beta_grid(grid_size), tips.dtype)
     beta, f_alt, f_null = (np.asarray(o)[:site_count] for o in
-                           _DRIVER(jnp.asarray(tips), problem, grid, refine_rounds))  # fmt: skip
+                           _DRIVER(to_device(tips), problem, grid, refine_rounds))  # fmt: skip
     ones, nan = np.ones(site_count), np.full(site_count, np.nan)
     return SiteFits(alpha=ones, beta=beta, beta_background=nan, null_rate=ones,
                     null_beta_background=nan, alt_loglik=f_alt, null_loglik=f_null)  # fmt: skip
