@@ -332,7 +332,7 @@ def compile_global_later(parts: list[PartitionData], position_frequencies, code=
 
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
     n = 5 + (2 if two_class else 1) + sum(int(f.shape[0]) for f in free)
-    dtype = to_device(np.zeros(1)).dtype
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float64 only under jax_enable_x64
     # the small codon-model setup first: fit_global calls it between the GTR and MG94 fits, and
     # compiled there it waits behind the large programs (0.6-1.1 s on HepatitisD, 2 cores)
     aot.compile_later(mg94_parts_jit, jax.ShapeDtypeStruct((6,), dtype), g, code)
