@@ -42,7 +42,7 @@ from phylojax.selection.fel import prepare_partitions  # noqa: E402
 from phylojax.selection.global_fits import fit_global  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hyphy"
-REFERENCE = {"grid_size": 49, "refine_rounds": 8, "grid_steps": 4, "stencil": ()}
+REFERENCE = {"grid_size": 49, "refine_rounds": 8, "grid_steps": 4, "stencil": (), "grid_dtype": None}
 SRV_NO_REFERENCE = {"grid_size": 120, "refine_rounds": 20}
 
 

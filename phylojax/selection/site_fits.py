@@ -13,7 +13,8 @@ symmetric eigensystem. Two optimisers:
   boundaries ``beta = 0`` and ``alpha = 0``) whose eigensystems are shared by *all* sites (one
   matrix-matrix product per branch for all sites); at each angle one pruning pass evaluates five
   values of ``log r`` around the one continued from the previous angle, and the parabola through
-  the best of them ranks the angle and continues ``r``. The best angle is then converged in ``r``
+  the best of them ranks the angle and continues ``r``. These passes run in float32
+  (:data:`GRID_DTYPE`), guarded against rounding noise; the values reported are float64. The best angle is then converged in ``r``
   (Newton, per-site eigensystems), followed by a few rounds of successive parabolic
   interpolation in ``log(beta/alpha)`` with one ``eigh`` per site and round. Partials are kept
   in eigen coordinates (3 matrix products per pruning operation instead of 4; tips transformed
@@ -48,6 +49,7 @@ from .site_kernels import (  # noqa: F401  (re-exported: the other site fitters 
     _central_newton,
     _eig,
     _eigen_pruning,
+    _in_dtype,
     _newton_in_log_scale,
     _newton_log_scale,
     _product,
@@ -121,32 +123,40 @@ def _parabola_peak(x, f):
     return v, value, ok
 
 
-def _stencil_point(phi, u, tips, problem, offsets):
+def _stencil_point(phi, u, tips, problem, offsets, dtype=None):
     """The profile over ``u = log r`` at one grid angle from one pruning pass at ``u + offsets``
-    (clipped to the bounds; eigensystem shared by all sites).
+    (clipped to the bounds; eigensystem shared by all sites), in ``dtype`` when given (the
+    eigensystem is computed in the problem's precision and then rounded).
 
     Returns ``(u_next, predicted, u_best, f_best)``: the vertex of the parabola through the best
     evaluated offset and its neighbours (the best offset where that is not a concave peak
     between them) and the parabola's value there, used to rank the angle and to continue ``u``
-    to the next one; and the best evaluated point, a candidate for the reported optimum.
+    to the next one; and the best evaluated point, in the pass's precision (a candidate for the
+    reported optimum only in the problem's own). In lower precision, values whose partials are
+    rounding noise are ``-inf`` (:func:`.site_kernels._eigen_pruning`).
     """
+    lower = dtype is not None and jnp.finfo(dtype).bits < jnp.finfo(u.dtype).bits
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
+    eig, tips, problem = _in_dtype(dtype, eig, tips, problem)
     tip_w = _tip_coordinates(tips, eig, True)
     uu = jnp.clip(u[:, None] + jnp.asarray(offsets), _U_MIN, _u_max(phi))
-    f = _batch_loglik(uu, tip_w, problem, eig, True)
+    f = _batch_loglik(uu.astype(tip_w.dtype), tip_w, problem, eig, True,
+                      NOISE_TOL if lower else None).astype(u.dtype)  # fmt: skip
     best = jnp.argmax(f, axis=1)
     mid = jnp.clip(best, 1, len(offsets) - 2)
     idx = jnp.stack([mid - 1, mid, mid + 1], 1)
     vertex, value, ok = _parabola_peak(jnp.take_along_axis(uu, idx, 1), jnp.take_along_axis(f, idx, 1))
     f_best = jnp.max(f, axis=1)
     u_best = jnp.take_along_axis(uu, best[:, None], 1)[:, 0]
-    return (jnp.where(ok, vertex, u_best), jnp.where(ok, jnp.maximum(value, f_best), f_best),
-            u_best, f_best)  # fmt: skip
+    u_next = jnp.where(ok, vertex, u_best)
+    if lower:  # noise at every offset: the angle ranks last and u is carried on unchanged
+        u_next = jnp.where(ok | (f_best > -jnp.inf), u_next, u)
+    return u_next, jnp.where(ok, jnp.maximum(value, f_best), f_best), u_best, f_best
 
 
 def _fast_driver(
     tips, problem, grid, null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps,
-    stencil=(),
+    stencil=(), grid_dtype=None,
 ):
     """The whole fast path in one compiled function (see :func:`fit_sites_fast`)."""
     site_count = tips.shape[0]
@@ -167,12 +177,15 @@ def _fast_driver(
     # One scan over both directions (up from the null, then down from it again): one copy of
     # the pass in the compiled program instead of two (the first run's compile time).
     n_up = k_count - mid - 1
+
     points = jnp.concatenate([grid[mid + 1 :], grid[:mid][::-1]])
+    lower = bool(stencil) and grid_dtype is not None and (
+        jnp.finfo(grid_dtype).bits < jnp.finfo(tips.dtype).bits)  # fmt: skip
 
     def stencil_step(u, ip):
         i, p = ip
         u = jnp.where(i == n_up, u_null, u)  # the down direction restarts at the null
-        u_next, pred, u_best, f_best = _stencil_point(p, u, tips, problem, stencil)
+        u_next, pred, u_best, f_best = _stencil_point(p, u, tips, problem, stencil, grid_dtype)
         return u_next, (u_best, f_best, pred, u_next)
 
     def step(u, ip):
@@ -209,52 +222,85 @@ def _fast_driver(
     grid_f = along(f_lo, down_f, f_null, up_f, f_hi)
     grid_p = along(f_lo, down_p, f_null, up_p, f_hi)  # ranking values (model maxima)
     grid_n = along(u_lo, down_n, u_null, up_n, u_hi)  # Newton-updated scales (refinement starts)
+    # Values of a lower-precision scan rank angles and are not reported; the start round of the
+    # refinement (below) confirms them.
+    check = np.ones(k_count, bool)
+    check[[0, mid, k_count - 1]] = False  # the null and the boundaries: the problem's precision
+    check = jnp.asarray(check & lower)
+    grid_low, grid_f = grid_f, jnp.where(check, -jnp.inf, grid_f)
     # refinement coordinate: s = log omega on the interior points; the two boundary points are
     # given s one grid step beyond the extremes (they take part only as bracket ends)
     s_grid = jnp.log(jnp.tan(grid[1:-1]))
     ds = s_grid[1] - s_grid[0]
     s_grid = jnp.concatenate([s_grid[:1] - ds, s_grid, s_grid[-1:] + ds])
-    k = jnp.argmax(grid_p, axis=1)
-    # bracket in s, kept off the boundary points (whose s is only nominal)
-    lo = s_grid[jnp.clip(k - 1, 1, k_count - 2)]
-    hi = s_grid[jnp.clip(k + 1, 1, k_count - 2)]
-    centre = jnp.clip(k, 2, k_count - 3)
-    idx = jnp.stack([centre - 1, centre, centre + 1], 1)
-    xs = s_grid[idx]
-    fs = jnp.take_along_axis(grid_p, idx, 1)
-    us = jnp.take_along_axis(grid_n, idx, 1)
+
+    def bracket(grid_p):
+        """``(lo, hi, idx)``: the bracket in s around each site's best-ranked angle, kept off the
+        boundary points (whose s is only nominal), and three grid points in it."""
+        k = jnp.argmax(grid_p, axis=1)
+        centre = jnp.clip(k, 2, k_count - 3)
+        return (s_grid[jnp.clip(k - 1, 1, k_count - 2)], s_grid[jnp.clip(k + 1, 1, k_count - 2)],
+                jnp.stack([centre - 1, centre, centre + 1], 1))  # fmt: skip
+
+    def triple(idx, grid_p):
+        return (s_grid[idx], jnp.take_along_axis(grid_p, idx, 1),
+                jnp.take_along_axis(grid_n, idx, 1))  # fmt: skip
 
     # Successive parabolic interpolation on the profile, inside the grid bracket [lo, hi]; one
     # per-site eigensystem per round. The three points carry profile estimates (model maxima
     # on the grid, evaluated values after refinement); the best *evaluated* point is tracked
     # separately and is what is reported.
-    # With the stencil, the grid values are not converged in r: round 0 evaluates the best grid
-    # angle itself (converging r there) and lets that value stand in for the model's; the later
-    # rounds probe. One loop for both keeps one copy of the per-site profile in the compiled
-    # program (it was two: the first call on one core, compilation included, 3.19 -> 2.61 s on
-    # HepatitisD's worker share, outputs bit-identical; docs/fel.md "Site optimiser").
+    # With the stencil, the grid values are not converged in r: a start round evaluates the best
+    # grid angle itself (converging r there) and lets that value stand in for the model's; the
+    # later rounds probe. One loop for both keeps one copy of the per-site profile in the
+    # compiled program (it was two: the first call on one core, compilation included, 3.19 ->
+    # 2.61 s on HepatitisD's worker share, outputs bit-identical; docs/fel.md "Site optimiser").
+    # After a lower-precision scan the start round also confirms the ranking: where the angle's
+    # value in the problem's precision is lower than the scan's value there by more than
+    # CONFIRM_TOL, that was rounding noise the sign test missed; the angle is ranked by the
+    # evaluated value and the site starts again from the next best (at most CONFIRM_ROUNDS
+    # times). The loop runs on only while some site restarts or has probes left.
     first_round = 1 if stencil else 0
+    site = jnp.arange(site_count)
 
-    def round_(i, state):
-        xs, fs, us, best_s, best_u, best_f = state
+    def round_(state):
+        i, xs, fs, us, lo, hi, idx, grid_p, start, left, best_s, best_u, best_f = state
         best = jnp.argmax(fs, axis=1)
         xb = jnp.take_along_axis(xs, best[:, None], 1)[:, 0]
         ub = jnp.take_along_axis(us, best[:, None], 1)[:, 0]
-        start = i < first_round
         cand = jnp.where(start, xb, _parabolic_probe(xs, fs, xb, lo, hi, 1e-7))
         uc, fc = _profile_per_site(jnp.arctan(jnp.exp(cand)), ub, tips, problem, refine_steps)
+        active = start | (left > 0)
         worst = jnp.argmin(fs, axis=1)
-        replace = jnp.where(start, jax.nn.one_hot(best, 3, dtype=bool),
-                            jax.nn.one_hot(worst, 3, dtype=bool)
-                            & (fc > jnp.min(fs, axis=1))[:, None])  # fmt: skip
-        gain = start | (fc > best_f)
-        return (jnp.where(replace, cand[:, None], xs), jnp.where(replace, fc[:, None], fs),
-                jnp.where(replace, uc[:, None], us), jnp.where(gain, cand, best_s),
-                jnp.where(gain, uc, best_u), jnp.where(gain, fc, best_f))  # fmt: skip
+        replace = active[:, None] & jnp.where(
+            start[:, None], jax.nn.one_hot(best, 3, dtype=bool),
+            jax.nn.one_hot(worst, 3, dtype=bool) & (fc > jnp.min(fs, axis=1))[:, None])  # fmt: skip
+        gain = active & ((fc > best_f) | (start & (best_f == -jnp.inf)))
+        at = jnp.take_along_axis(idx, best[:, None], 1)[:, 0]  # the start round's grid angle
+        noise = start & check[at] & (fc < grid_low[site, at] - CONFIRM_TOL) & (i < CONFIRM_ROUNDS)
+        grid_p = jnp.where(noise[:, None] & jax.nn.one_hot(at, k_count, dtype=bool),
+                           fc[:, None], grid_p)  # fmt: skip
+        lo2, hi2, idx2 = bracket(grid_p)
+        xs2, fs2, us2 = triple(idx2, grid_p)
 
-    minus_inf = jnp.full(site_count, -jnp.inf)
-    state = (xs, fs, us, jnp.zeros(site_count), jnp.zeros(site_count), minus_inf)
-    _, _, _, s_ref, u_ref, f_ref = lax.fori_loop(0, refine_rounds + first_round, round_, state)
+        def pick(again, old):
+            return jnp.where(noise.reshape(noise.shape + (1,) * (again.ndim - 1)), again, old)
+
+        return (i + 1, pick(xs2, jnp.where(replace, cand[:, None], xs)),
+                pick(fs2, jnp.where(replace, fc[:, None], fs)),
+                pick(us2, jnp.where(replace, uc[:, None], us)), pick(lo2, lo), pick(hi2, hi),
+                pick(idx2, idx), grid_p, noise, jnp.where(start | ~active, left, left - 1),
+                jnp.where(gain, cand, best_s), jnp.where(gain, uc, best_u),
+                jnp.where(gain, fc, best_f))  # fmt: skip
+
+    lo, hi, idx = bracket(grid_p)
+    xs, fs, us = triple(idx, grid_p)
+    zeros, minus_inf = jnp.zeros(site_count), jnp.full(site_count, -jnp.inf)
+    state = (0, xs, fs, us, lo, hi, idx, grid_p, jnp.full(site_count, bool(first_round)),
+             jnp.full(site_count, refine_rounds), zeros, zeros, minus_inf)  # fmt: skip
+    rounds = refine_rounds + first_round + (CONFIRM_ROUNDS if lower else 0)
+    state = lax.while_loop(lambda c: (c[0] < rounds) & jnp.any(c[8] | (c[9] > 0)), round_, state)
+    s_ref, u_ref, f_ref = state[-3:]
     # the best evaluated point of grid (boundaries included) and refinement
     kg = jnp.argmax(grid_f, axis=1)
     g_best = jnp.max(grid_f, axis=1)
@@ -274,7 +320,7 @@ def _fast_driver(
 
 
 _OPTIONS = site_compiler_options()  # LLVM level 1 on the CPU (phylojax/xla_flags.py)
-_FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7, 8), compiler_options=_OPTIONS)
+_FAST = jax.jit(_fast_driver, static_argnums=(3, 4, 5, 6, 7, 8, 9), compiler_options=_OPTIONS)
 
 
 def _chunked_driver(tips, problem, grid, *static):
@@ -284,7 +330,7 @@ def _chunked_driver(tips, problem, grid, *static):
     return lax.map(lambda t: _fast_driver(t, problem, grid, *static), tips)
 
 
-_FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7, 8),
+_FAST_CHUNKED = jax.jit(_chunked_driver, static_argnums=(3, 4, 5, 6, 7, 8, 9),
                         compiler_options=_OPTIONS)
 # bytes allowed for one ``[operation, site, r-grid, state]`` partial buffer of the fast path; XLA
 # keeps a few such buffers live, so this bounds the site stage's memory on large trees
@@ -307,6 +353,17 @@ def _fast_layout(op_count: int, site_count: int, state_count: int, step: int = 6
 # ``stencil=()`` scans with ``grid_steps`` central-difference Newton steps per angle instead (the
 # high-effort reference of benchmarks/site_stage_variants.py).
 STENCIL = (-1.0, -0.3, 0.0, 0.3, 1.0)
+# Precision of the grid scan's pruning passes (the stencil at every angle). Their values only
+# rank angles and continue r: every reported value comes from a pass in the problem's own
+# precision (float64 with x64): the null, the boundaries (each started from an r-grid scan in
+# that precision too) and the refinement, whose start round confirms the ranking. In float32 the
+# products and exponentials run twice as wide on the CPU: a worker's share of the site stage
+# went 0.81 -> 0.64-0.68 s on HepatitisD and 23.1 -> 16.0 s on HIV_RT (docs/fel.md "Site
+# optimiser"). ``None``: the problem's own precision.
+GRID_DTYPE = "float32"
+NOISE_TOL = 1e-3  # lower-precision partials with an entry below -NOISE_TOL x their maximum: noise
+CONFIRM_TOL = 0.5  # a lower-precision value above the problem's precision's by more: noise
+CONFIRM_ROUNDS = 3  # most angles confirmed per site
 
 
 def _fast_grid(grid_size: int, omega_range: float):
@@ -317,14 +374,15 @@ def _fast_grid(grid_size: int, omega_range: float):
 
 def _fast_program(problem, site_count, taxon_count, state_count, grid_size=25,
                   omega_range=1e4, refine_rounds=3, null_steps=5, grid_steps=3,
-                  boundary_steps=3, refine_steps=3, step=64, stencil=STENCIL):  # fmt: skip
+                  boundary_steps=3, refine_steps=3, step=64, stencil=STENCIL,
+                  grid_dtype=GRID_DTYPE):  # fmt: skip
     """``(program, tips shape, chunk, padded, grid, static)`` of one fast-path call (``step``:
     the site padding's granularity above 64 sites, :func:`_bucket`)."""
     op_count = np.shape(problem.operations)[0]
     chunk, padded = _fast_layout(op_count, site_count, state_count, step)
     grid = _fast_grid(grid_size, omega_range)
     static = (null_steps, grid_steps, boundary_steps, refine_rounds, refine_steps,
-              tuple(float(o) for o in stencil))  # fmt: skip
+              tuple(float(o) for o in stencil), grid_dtype)  # fmt: skip
     if padded == chunk:
         return _FAST, (padded, taxon_count, state_count), chunk, padded, grid, static
     shape = (padded // chunk, chunk, taxon_count, state_count)
@@ -355,8 +413,8 @@ def fit_sites_fast(problem: SiteProblem, tips, **settings) -> SiteFits:
     a boundary snap + polish in ``r``. Compiled once per (sites, taxa, states) shape. Settings
     (keyword): ``grid_size``, ``omega_range`` (1e4), ``refine_rounds``, ``null_steps`` (5),
     ``stencil`` (:data:`STENCIL`; ``()`` for ``grid_steps`` (3) Newton steps per angle instead),
-    ``boundary_steps`` (3), ``refine_steps`` (3), and ``step`` (64), the site padding's
-    granularity (:func:`_bucket`). The defaults were chosen against a
+    ``boundary_steps`` (3), ``refine_steps`` (3), ``grid_dtype`` (:data:`GRID_DTYPE`, the grid
+    scan's precision) and ``step`` (64), the site padding's granularity (:func:`_bucket`). The defaults were chosen against a
     high-effort fit in ``benchmarks/site_stage_variants.py`` (RESULTS_fel.md).
     """
     tips = np.asarray(tips)

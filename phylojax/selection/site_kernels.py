@@ -110,7 +110,7 @@ def _tip_coordinates(tips, eig, shared: bool):
 
 
 # --------------------------------------------------------------------------- fast path
-def _eigen_pruning(tip_w, operations, m: int, up, into_eig):
+def _eigen_pruning(tip_w, operations, m: int, up, into_eig, noise_tol=None):
     """Scaled pruning with partials in eigen coordinates, ``m`` scales per site; returns the
     root's ``(partial [site, m, state], log scaler [site, m])``.
 
@@ -118,6 +118,16 @@ def _eigen_pruning(tip_w, operations, m: int, up, into_eig):
     coordinates) at its top; ``into_eig(parent, x)``: a parent's partial -> its eigen coordinates.
     Tips ``tip_w [site, taxon, state]`` are already in eigen coordinates. The per-partial maximum
     is divided out and its log accumulated.
+
+    ``noise_tol``: mark a likelihood as not computed (log scaler ``-inf``) where a partial has no
+    positive entry or its most negative entry is below ``-noise_tol`` times its maximum. A
+    partial is a sum of positive terms, but ``V (e^{lam r t} w)`` sums terms of both signs: where
+    the data need an event that the rates make nearly impossible, the true entries are far below
+    the rounding error of that sum (~1e-7 of the terms in float32) and what is left is noise of
+    either sign. Unmarked, that noise ranked an impossible angle first for a HepatitisD site
+    (dN/dS = 1e-4: lnL -24.2 in float32, -40.8 in float64) and its fit ended at the null. The
+    test is a cheap detector, not a bound: noise that stays positive passes it, which is why the
+    fast path also confirms every site's best float32 angle in float64 (:mod:`.site_fits`).
     """
     site_count, leaf_count, state_count = tip_w.shape
     op_count = operations.shape[0]
@@ -141,7 +151,11 @@ def _eigen_pruning(tip_w, operations, m: int, up, into_eig):
         i = op[0] - leaf_count
         w = into_eig(op[0], x / safe[..., None])
         inner = lax.dynamic_update_index_in_dim(inner, w, i, 0)
-        scalers = lax.dynamic_update_index_in_dim(scalers, sa + sb + jnp.log(safe), i, 0)
+        log_scale = jnp.log(safe)
+        if noise_tol is not None:
+            noise = (mx <= 0) | (jnp.min(x, axis=-1) < -noise_tol * mx)
+            log_scale = jnp.where(noise, -jnp.inf, log_scale)
+        scalers = lax.dynamic_update_index_in_dim(scalers, sa + sb + log_scale, i, 0)
         return (inner, scalers), None
 
     inner = jnp.zeros((op_count, site_count, m, state_count), tip_w.dtype)
@@ -150,7 +164,7 @@ def _eigen_pruning(tip_w, operations, m: int, up, into_eig):
     return inner[-1], scalers[-1]
 
 
-def _batch_loglik(u, tip_w, problem, eig, shared: bool):
+def _batch_loglik(u, tip_w, problem, eig, shared: bool, noise_tol=None):
     """Site log-likelihoods at scales ``r = exp(u)``: ``u [site, m]``, ``tip_w [site, taxon,
     state]`` tips in eigen coordinates (:func:`_tip_coordinates`).
 
@@ -160,7 +174,8 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
     (per child) and every internal node one product into eigen coordinates: 3 matrix products per
     operation instead of 4, and none for tips. With a shared eigensystem each product is one
     matrix-matrix product over all sites and scales. Scaled pruning (per-partial maximum divided
-    out, its log accumulated). Returns ``[site, m]``.
+    out, its log accumulated). ``noise_tol``: ``-inf`` where rounding noise dominates a partial
+    (:func:`_eigen_pruning`). Returns ``[site, m]``.
     """
     to_state, to_eig, lam = eig
     times = jnp.asarray(problem.times)
@@ -174,11 +189,31 @@ def _batch_loglik(u, tip_w, problem, eig, shared: bool):
         return _product(to_state, w * jnp.exp(lam_b * rt), shared)
 
     inner, scalers = _eigen_pruning(tip_w, operations, m, up,
-                                    lambda parent, x: _product(to_eig, x, shared))  # fmt: skip
+                                    lambda parent, x: _product(to_eig, x, shared),
+                                    noise_tol)  # fmt: skip
     # pi . x_root = pi . (V w_root) = w_root . (V^T pi)
     root = to_state @ jnp.asarray(problem.frequencies)
     lik = jnp.sum(inner * (root if shared else root[:, None, :]), axis=-1)
-    return jnp.log(jnp.maximum(lik, 1e-300)) + scalers
+    return jnp.log(jnp.maximum(lik, _floor(lik.dtype))) + scalers
+
+
+def _floor(dtype) -> float:
+    """Smallest site likelihood taken for a positive one: 1e-300 in double precision, the
+    smallest normal number in lower precisions (1e-300 rounds to 0 in float32)."""
+    return 1e-300 if jnp.finfo(dtype).bits >= 64 else float(jnp.finfo(dtype).tiny)
+
+
+def _in_dtype(dtype, eig, tips, problem):
+    """``(eig, tips, problem)`` with every float the pruning pass reads in ``dtype`` (the
+    eigensystem itself is computed in the problem's precision first). ``dtype=None``: as they are.
+    Used for the passes whose values only rank candidates (grid scans), never for a value that is
+    reported or differentiated numerically."""
+    if dtype is None:
+        return eig, tips, problem
+    cast = SiteProblem(problem.syn, problem.nonsyn, jnp.asarray(problem.frequencies, dtype),
+                       jnp.asarray(problem.times, dtype), problem.background, problem.operations,
+                       problem.has_background)  # fmt: skip
+    return tuple(jnp.asarray(e, dtype) for e in eig), jnp.asarray(tips, dtype), cast
 
 
 _FD = 1e-3  # central-difference step in u = log r
@@ -246,6 +281,9 @@ def _profile_shared(phi, u0, tips, problem, steps, scan_grid: bool = False):
 
     ``scan_grid``: first evaluate every ``u`` of ``_U_GRID`` (one pass) and start Newton from
     the better of ``u0`` and the grid's best (the profile in ``r`` can have a local maximum).
+    This scan stays in the problem's precision: in float32 it picked a worse start on the
+    ``alpha = 0`` / ``beta = 0`` boundaries, where a site's likelihood can be far below float32's
+    rounding of the partials (one HepatitisD site's alternative lnL 1.39 lower).
     """
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
@@ -284,6 +322,21 @@ def _profile_per_site(phi, u0, tips, problem, steps):
     out = lax.map(lambda a: _profile_per_site_block(*a, problem, steps),
                   (blocks(phi), blocks(u0), blocks(tips)))  # fmt: skip
     return tuple(o.reshape(n) for o in out)
+
+
+def _value_per_site(eig, u, tips, problem):
+    """lnL of every site at its own eigensystem (leading site axis) and ``u``, in blocks of
+    :data:`PER_SITE_CHUNK` sites (as the refinement)."""
+    n, c = u.shape[0], PER_SITE_CHUNK
+
+    def block(eig, u, tips):
+        return _batch_loglik(u[:, None], _tip_coordinates(tips, eig, False), problem, eig, False)[:, 0]
+
+    if not c or n % c or n == c:
+        return block(eig, u, tips)
+    out = lax.map(lambda a: block(*a), jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]),
+                                                    (eig, u, tips)))  # fmt: skip
+    return out.reshape(n)
 
 
 @dataclasses.dataclass(frozen=True)
