@@ -13,8 +13,9 @@ symmetric eigensystem. Two optimisers:
   boundaries ``beta = 0`` and ``alpha = 0``) whose eigensystems are shared by *all* sites (one
   matrix-matrix product per branch for all sites); at each angle one pruning pass evaluates five
   values of ``log r`` around the one continued from the previous angle, and the parabola through
-  the best of them ranks the angle and continues ``r``. These passes run in float32
-  (:data:`GRID_DTYPE`), guarded against rounding noise; the values reported are float64. The best angle is then converged in ``r``
+  the best of them ranks the angle and continues ``r``. These passes can run in float32
+  (``grid_dtype``; off by default, see :data:`GRID_DTYPE`), guarded against rounding noise; the
+  values reported are always float64. The best angle is then converged in ``r``
   (Newton, per-site eigensystems), followed by a few rounds of successive parabolic
   interpolation in ``log(beta/alpha)`` with one ``eigh`` per site and round. Partials are kept
   in eigen coordinates (3 matrix products per pruning operation instead of 4; tips transformed
@@ -354,13 +355,17 @@ def _fast_layout(op_count: int, site_count: int, state_count: int, step: int = 6
 # high-effort reference of benchmarks/site_stage_variants.py).
 STENCIL = (-1.0, -0.3, 0.0, 0.3, 1.0)
 # Precision of the grid scan's pruning passes (the stencil at every angle). Their values only
-# rank angles and continue r: every reported value comes from a pass in the problem's own
-# precision (float64 with x64): the null, the boundaries (each started from an r-grid scan in
-# that precision too) and the refinement, whose start round confirms the ranking. In float32 the
-# products and exponentials run twice as wide on the CPU: a worker's share of the site stage
-# went 0.81 -> 0.64-0.68 s on HepatitisD and 23.1 -> 16.0 s on HIV_RT (docs/fel.md "Site
-# optimiser"). ``None``: the problem's own precision.
-GRID_DTYPE = "float32"
+# rank angles and continue r; every reported value comes from a pass in the problem's own
+# precision (the null, the boundaries and the refinement, whose start round confirms a
+# lower-precision ranking). ``None`` (the default): the problem's own precision. "float32" is
+# 20-30 % faster on the CPU (a worker's share: HepatitisD 0.81 -> 0.64-0.68 s, HIV_RT 23.1 ->
+# 16.0 s) but NOT the default: P v = V (e^{lam r t} w) loses the small off-diagonal terms of short
+# effective branches in float32 (HepatitisD site 130 at r = e^-2.1: lnL -41.0 against -22.9 in
+# float64, no sign-test flag), which can drop the best angle from the ranking and leave the
+# refinement's bracket off the optimum (that site ended 0.09 lnL low in one run). The fix would
+# be the expm1 form P v = v + V (expm1(lam r t) w), with each partial kept in state and eigen
+# coordinates (docs/fel.md "Site optimiser").
+GRID_DTYPE = None
 NOISE_TOL = 1e-3  # lower-precision partials with an entry below -NOISE_TOL x their maximum: noise
 CONFIRM_TOL = 0.5  # a lower-precision value above the problem's precision's by more: noise
 CONFIRM_ROUNDS = 3  # most angles confirmed per site
