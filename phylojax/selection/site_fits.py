@@ -362,9 +362,9 @@ STENCIL = (-1.0, -0.3, 0.0, 0.3, 1.0)
 # 16.0 s) but NOT the default: P v = V (e^{lam r t} w) loses the small off-diagonal terms of short
 # effective branches in float32 (HepatitisD site 130 at r = e^-2.1: lnL -41.0 against -22.9 in
 # float64, no sign-test flag), which can drop the best angle from the ranking and leave the
-# refinement's bracket off the optimum (that site ended 0.09 lnL low in one run). The fix would
-# be the expm1 form P v = v + V (expm1(lam r t) w), with each partial kept in state and eigen
-# coordinates (docs/fel.md "Site optimiser").
+# refinement's bracket off the optimum (that site ended 0.09 lnL low in one run). The expm1 form
+# P v = v + V (expm1(lam r t) w) fixed that but failed on HIV_RT (three sites at the null) and was
+# not kept (docs/fel.md "Site optimiser").
 GRID_DTYPE = None
 NOISE_TOL = 1e-3  # lower-precision partials with an entry below -NOISE_TOL x their maximum: noise
 CONFIRM_TOL = 0.5  # a lower-precision value above the problem's precision's by more: noise
