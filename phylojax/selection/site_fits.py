@@ -277,20 +277,20 @@ def _fast_driver(
             start[:, None], jax.nn.one_hot(best, 3, dtype=bool),
             jax.nn.one_hot(worst, 3, dtype=bool) & (fc > jnp.min(fs, axis=1))[:, None])  # fmt: skip
         gain = active & ((fc > best_f) | (start & (best_f == -jnp.inf)))
-        at = jnp.take_along_axis(idx, best[:, None], 1)[:, 0]  # the start round's grid angle
-        noise = start & check[at] & (fc < grid_low[site, at] - CONFIRM_TOL) & (i < CONFIRM_ROUNDS)
-        grid_p = jnp.where(noise[:, None] & jax.nn.one_hot(at, k_count, dtype=bool),
-                           fc[:, None], grid_p)  # fmt: skip
-        lo2, hi2, idx2 = bracket(grid_p)
-        xs2, fs2, us2 = triple(idx2, grid_p)
-
-        def pick(again, old):
-            return jnp.where(noise.reshape(noise.shape + (1,) * (again.ndim - 1)), again, old)
-
-        return (i + 1, pick(xs2, jnp.where(replace, cand[:, None], xs)),
-                pick(fs2, jnp.where(replace, fc[:, None], fs)),
-                pick(us2, jnp.where(replace, uc[:, None], us)), pick(lo2, lo), pick(hi2, hi),
-                pick(idx2, idx), grid_p, noise, jnp.where(start | ~active, left, left - 1),
+        new = (jnp.where(replace, cand[:, None], xs), jnp.where(replace, fc[:, None], fs),
+               jnp.where(replace, uc[:, None], us), lo, hi, idx)  # fmt: skip
+        noise = jnp.zeros_like(start)
+        if lower:  # confirm the start round's angle; restart the sites where it was noise
+            at = jnp.take_along_axis(idx, best[:, None], 1)[:, 0]
+            noise = (start & check[at] & (fc < grid_low[site, at] - CONFIRM_TOL)
+                     & (i < CONFIRM_ROUNDS))  # fmt: skip
+            grid_p = jnp.where(noise[:, None] & jax.nn.one_hot(at, k_count, dtype=bool),
+                               fc[:, None], grid_p)  # fmt: skip
+            lo2, hi2, idx2 = bracket(grid_p)
+            again = (*triple(idx2, grid_p), lo2, hi2, idx2)
+            new = tuple(jnp.where(noise.reshape(noise.shape + (1,) * (a.ndim - 1)), a, o)
+                        for a, o in zip(again, new))  # fmt: skip
+        return (i + 1, *new, grid_p, noise, jnp.where(start | ~active, left, left - 1),
                 jnp.where(gain, cand, best_s), jnp.where(gain, uc, best_u),
                 jnp.where(gain, fc, best_f))  # fmt: skip
 

@@ -125,7 +125,7 @@ def _eigen_pruning(tip_w, operations, m: int, up, into_eig, noise_tol=None):
     the data need an event that the rates make nearly impossible, the true entries are far below
     the rounding error of that sum (~1e-7 of the terms in float32) and what is left is noise of
     either sign. Unmarked, that noise ranked an impossible angle first for a HepatitisD site
-    (dN/dS = 1e-4: lnL -24.2 in float32, -40.8 in float64) and its fit ended at the null. The
+    (dN/dS = 1e-4 ranked at lnL -24.2 in float32; -40.8 in float64) and its fit ended at the null. The
     test is a cheap detector, not a bound: noise that stays positive passes it, which is why the
     fast path also confirms every site's best float32 angle in float64 (:mod:`.site_fits`).
     """
@@ -281,9 +281,6 @@ def _profile_shared(phi, u0, tips, problem, steps, scan_grid: bool = False):
 
     ``scan_grid``: first evaluate every ``u`` of ``_U_GRID`` (one pass) and start Newton from
     the better of ``u0`` and the grid's best (the profile in ``r`` can have a local maximum).
-    This scan stays in the problem's precision: in float32 it picked a worse start on the
-    ``alpha = 0`` / ``beta = 0`` boundaries, where a site's likelihood can be far below float32's
-    rounding of the partials (one HepatitisD site's alternative lnL 1.39 lower).
     """
     eig = _eig(problem, jnp.cos(phi), jnp.sin(phi))
     tip_w = _tip_coordinates(tips, eig, True)
@@ -322,21 +319,6 @@ def _profile_per_site(phi, u0, tips, problem, steps):
     out = lax.map(lambda a: _profile_per_site_block(*a, problem, steps),
                   (blocks(phi), blocks(u0), blocks(tips)))  # fmt: skip
     return tuple(o.reshape(n) for o in out)
-
-
-def _value_per_site(eig, u, tips, problem):
-    """lnL of every site at its own eigensystem (leading site axis) and ``u``, in blocks of
-    :data:`PER_SITE_CHUNK` sites (as the refinement)."""
-    n, c = u.shape[0], PER_SITE_CHUNK
-
-    def block(eig, u, tips):
-        return _batch_loglik(u[:, None], _tip_coordinates(tips, eig, False), problem, eig, False)[:, 0]
-
-    if not c or n % c or n == c:
-        return block(eig, u, tips)
-    out = lax.map(lambda a: block(*a), jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]),
-                                                    (eig, u, tips)))  # fmt: skip
-    return out.reshape(n)
 
 
 @dataclasses.dataclass(frozen=True)
