@@ -73,6 +73,33 @@ def _enable_compilation_cache(jax) -> None:
         pass
 
 
+# Python's garbage-collector thresholds in the command line and its FEL workers; the defaults are
+# (700, 10, 10). Why: _collect_garbage_rarely.
+GC_THRESHOLDS = (20000, 20, 100)
+
+
+def _collect_garbage_rarely() -> None:
+    """Make Python's cyclic garbage collector run rarely, and never over the imported modules.
+
+    Tracing and lowering JAX programs (a first run's main work besides XLA's compilation)
+    creates many short-lived container objects. With Python's default thresholds the collector
+    ran ~400 times in a HepatitisD FEL run, three of them over every object the imports made
+    (JAX, NumPy, SciPy): 0.7-0.9 s of the main process's CPU and 0.5-0.6 s of each FEL worker's
+    (``gc.callbacks``), ~2 CPU seconds of a cold run on two cores. With a gen-0 threshold of
+    20000, and the imported objects frozen before the workers are forked (``gc.freeze`` in
+    :mod:`phylojax.workers`, as Python advises for fork without exec: kept out of every
+    collection and off the pages the processes share copy-on-write), 16 collections took 0.2 s
+    (benchmarks/RESULTS_fel.md). Objects are still freed by reference counting as before; only
+    reference cycles wait a little longer.
+
+    Only the ``phylojax`` program (:func:`run`) and the workers set this; :func:`main` called
+    from Python (a test, a notebook) leaves the process's collector as it is.
+    """
+    import gc
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .xla_flags import tune_cpu_compiler
 
@@ -111,6 +138,7 @@ def run() -> None:  # pragma: no cover -- exercised by tests/test_cli.py in a su
     """
     import os
 
+    _collect_garbage_rarely()
     code = main()
     try:
         sys.stdout.flush()

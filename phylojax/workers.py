@@ -160,9 +160,17 @@ class _Worker:
     def _fork(cpu, cache, preload, parent, child, close_in_child):
         """A copy of this process (JAX and phylojax already imported: ~0.9 s of CPU less than
         a fresh interpreter per worker), pinned to ``cpu`` before JAX starts its backend."""
+        import gc
+
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Python's advice for fork without exec: the objects made so far (the imported modules)
+        # go to the collector's permanent generation, so that neither process's collections
+        # walk them again (nor write to their pages, which the processes share copy-on-write).
+        # Traced JAX programs make many collections: HepatitisD FEL, 0.5-0.6 s of each worker's
+        # CPU went to walking them (cli._collect_garbage_rarely).
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the caller's code
             code = 0
@@ -384,8 +392,12 @@ def compile_lock(name: str = "program"):
 
 
 def _worker_main(fd: int, cache: str, preload: str = "") -> None:
+    import gc
     import traceback
 
+    from .cli import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)  # a worker is a program of ours (cli._collect_garbage_rarely)
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -205,6 +205,12 @@ cpus = pool.map("os:sched_getaffinity", [(0,), (0,)])
 import numpy as np
 sums = pool.map("jax.numpy:sum", [(np.array([1.0, 2.0]),), (np.array([3.0, 4.0]),)])
 assert [float(s) for s in sums] == [3.0, 7.0]
+# the collector: the workers' thresholds are the command line's, and the objects made before the
+# fork are in the permanent generation of both processes (phylojax.cli._collect_garbage_rarely)
+import gc
+from phylojax.cli import GC_THRESHOLDS
+assert pool.map("gc:get_threshold", [(), ()]) == [GC_THRESHOLDS] * 2
+assert gc.get_freeze_count() > 10000 and min(pool.map("gc:get_freeze_count", [(), ()])) > 10000
 # a forked worker that raises is reported with its traceback
 try:
     pool.map("operator:truediv", [(1, 0), (1, 1)])
