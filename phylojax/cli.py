@@ -88,9 +88,10 @@ def _collect_garbage_rarely() -> None:
     (``gc.callbacks``), ~2 CPU seconds of a cold run on two cores. With a gen-0 threshold of
     20000, and the imported objects frozen before the workers are forked (``gc.freeze`` in
     :mod:`phylojax.workers`, as Python advises for fork without exec: kept out of every
-    collection and off the pages the processes share copy-on-write), 16 collections took 0.2 s
-    (benchmarks/RESULTS_fel.md). Objects are still freed by reference counting as before; only
-    reference cycles wait a little longer.
+    collection and off the pages the processes share copy-on-write), 16 collections took
+    0.2-0.3 s in the main process and 0.1-0.2 s in each worker (benchmarks/RESULTS_fel.md).
+    Objects are still freed by reference counting as before; only reference cycles wait a
+    little longer.
 
     Only the ``phylojax`` program (:func:`run`) and the workers set this; :func:`main` called
     from Python (a test, a notebook) leaves the process's collector as it is.
