@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import gc
 import importlib
 import itertools
 import os
@@ -160,8 +161,6 @@ class _Worker:
     def _fork(cpu, cache, preload, parent, child, close_in_child):
         """A copy of this process (JAX and phylojax already imported: ~0.9 s of CPU less than
         a fresh interpreter per worker), pinned to ``cpu`` before JAX starts its backend."""
-        import gc
-
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -392,7 +391,6 @@ def compile_lock(name: str = "program"):
 
 
 def _worker_main(fd: int, cache: str, preload: str = "") -> None:
-    import gc
     import traceback
 
     from .cli import GC_THRESHOLDS
