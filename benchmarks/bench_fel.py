@@ -114,7 +114,8 @@ def classes(rows, p=0.1):
 
 
 def warm_time(path: pathlib.Path) -> float:
-    code = (  # the command line's XLA:CPU settings first (phylojax/xla_flags.py)
+    code = (  # the command line's malloc and XLA:CPU settings first (memory.py, xla_flags.py)
+        "from phylojax.memory import keep_freed_memory; keep_freed_memory()\n"
         "from phylojax.xla_flags import tune_cpu_compiler; tune_cpu_compiler()\n"
         "import jax, time; jax.config.update('jax_enable_x64', True)\n"
         "from phylojax.io import read_alignment\nfrom phylojax.selection.fel import fel\n"

@@ -136,9 +136,15 @@ def run() -> None:  # pragma: no cover -- exercised by tests/test_cli.py in a su
     and the FEL worker pool, which took ~0.3 s (HepatitisD with the compilation cache: 3.72 /
     3.84 / 3.75 s -> 3.49 / 3.45 / 3.48 s end to end). The workers are killed first; a command
     that raised an uncaught exception exits the ordinary way, with its traceback.
+
+    Only here, not in :func:`main`: ``malloc`` keeps freed memory (:mod:`phylojax.memory`) and
+    Python's collector runs rarely (:func:`_collect_garbage_rarely`).
     """
     import os
 
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # before any thread allocates (phylojax/memory.py)
     _collect_garbage_rarely()
     code = main()
     try:
