@@ -5,7 +5,7 @@ arrays, allocated with ``malloc`` when the run starts and freed when it ends. gl
 block that large with a fresh ``mmap`` and gives it back with ``munmap``, so the next run touches
 new pages again, and the kernel faults each one in and zeroes it. FEL's MG94 objective on HIV_RT
 (476 taxa, 334 codon patterns) has a 300 MB block: every evaluation page-faulted ~73,000 pages,
-0.22-0.25 s of kernel time in an evaluation of 0.80-0.94 s on one core (``strace`` shows one
+0.17-0.25 s of kernel time in an evaluation of 0.80-0.94 s on one core (``strace`` shows one
 ``mmap`` and one ``munmap`` of 300,421,120 bytes per evaluation; benchmarks/RESULTS_fel.md).
 
 :func:`keep_freed_memory` makes glibc keep such blocks: every thread allocates from the main heap
