@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from ..likelihood.api import PhyloData, log_likelihood
 from ..models.codon import expected_rate_np, mg94_parts, mg94_parts_jit
 from ..models.nucleotide import ReversibleModel, gtr
 from ..models.rates import rate_model
+from ..workers import WorkerError
 
 UPPER = 10000.0  # HyPhy's bound on every parameter
 # Branch lengths, rates and omega are optimised in [T_MIN, UPPER] and snapped to 0 afterwards when
@@ -327,8 +329,11 @@ def _codon_arguments(parts: list[PartitionData], position_frequencies):
 
 def compile_global_later(parts: list[PartitionData], position_frequencies, code=1):
     """Start compiling the MG94 objective of :func:`fit_global` (steps 3 and 4) in the background
-    (:mod:`phylojax.aot`), to run while the GTR fit does; returns the job."""
+    (:mod:`phylojax.aot`), to run while the GTR fit does; returns the job. On large data sets
+    the objective goes to the worker processes instead, split by patterns
+    (:mod:`.split_global`), and the job is that :class:`.split_global.SplitObjective`."""
     from .. import aot
+    from . import split_global
 
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
     n = 5 + (2 if two_class else 1) + sum(int(f.shape[0]) for f in free)
@@ -336,6 +341,10 @@ def compile_global_later(parts: list[PartitionData], position_frequencies, code=
     # the small codon-model setup first: fit_global calls it between the GTR and MG94 fits, and
     # compiled there it waits behind the large programs (0.6-1.1 s on HepatitisD, 2 cores)
     aot.compile_later(mg94_parts_jit, jax.ShapeDtypeStruct((6,), dtype), g, code)
+    if dtype == np.float64:  # the workers run float64
+        split = split_global.install(parts, position_frequencies, code)
+        if split is not None:
+            return split
     x = jax.ShapeDtypeStruct((n,), dtype)
     return aot.compile_later(_full_value_and_grad, x, free, codon, background, g, code, two_class)
 
@@ -348,10 +357,25 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     ``precompiled``: the job of :func:`compile_global_later` when the caller started it, or
     ``"start"`` (default) to start it here, so the MG94 objective compiles while the GTR fit runs.
     """
-    from .. import aot
+    from . import split_global
 
     if isinstance(precompiled, str):
         precompiled = compile_global_later(parts, position_frequencies, code)
+    split = precompiled if isinstance(precompiled, split_global.SplitObjective) else None
+    try:
+        return _fit_global(parts, nucleotide_frequencies, position_frequencies, max_steps, code,
+                           None if split else precompiled, split)  # fmt: skip
+    finally:
+        if split is not None:  # the workers' copies of the patterns
+            split.close()
+
+
+def _fit_global(parts, nucleotide_frequencies, position_frequencies, max_steps, code, precompiled,
+                split) -> GlobalFit:  # fmt: skip
+    """:func:`fit_global` once its MG94 objective is being prepared: ``precompiled`` is the
+    in-process compilation job or ``split`` the objective on the workers."""
+    from .. import aot
+
     nuc_pi = to_device(nucleotide_frequencies)
     free, codon, background, g, two_class = _codon_arguments(parts, position_frequencies)
     free_np = [np.asarray(part.free) for part in parts]
@@ -389,9 +413,17 @@ def fit_global(parts: list[PartitionData], nucleotide_frequencies, position_freq
     gtr_lengths = [np.where(fr, t, 0.0) for fr, t in zip(free_np, _split(x[5:], [len(f) for f in free_np]))]
 
     def full_vg(x):
+        nonlocal split
+        if split is not None:
+            try:
+                return split(x)
+            except WorkerError as e:
+                warnings.warn(f"global fits in worker processes failed ({e}); fitting in this "
+                              "process", RuntimeWarning, stacklevel=2)  # fmt: skip
+                split = None
         return _full_value_and_grad(x, free, codon, background, g, code, two_class)
 
-    aot.wait(precompiled)  # the MG94 objective, compiled during the GTR fit
+    aot.wait(precompiled)  # the MG94 objective, compiled during the GTR fit (None: split)
 
     # Step 3: MG94×REV with t_b = s * L_b(GTR), theta fixed at the GTR values. Evaluated through
     # the full objective (chain rule for log s and log omega), so the codon likelihood and its
