@@ -15,7 +15,8 @@ always an ``mmap``), large blocks come from that heap rather than from ``mmap`` 
 block is then reused by the next evaluation: no page faults, HIV_RT's evaluation 0.80-0.94 ->
 0.58-0.65 s on one core. The price is that the process keeps its peak heap until it exits, which
 suits a command that runs one analysis; so only the ``phylojax`` program calls this
-(:func:`phylojax.cli.run`; forked FEL workers inherit it), not ``import phylojax``. A notebook
+(:func:`phylojax.cli.run`) and the worker processes of :mod:`phylojax.workers` (each at its
+start: they run the same large programs again and again), not ``import phylojax``. A notebook
 may call it first thing, before any thread has allocated (threads that already have an arena
 keep it).
 

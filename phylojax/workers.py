@@ -394,8 +394,13 @@ def _worker_main(fd: int, cache: str, preload: str = "") -> None:
     import traceback
 
     from .cli import GC_THRESHOLDS
+    from .memory import keep_freed_memory
 
     gc.set_threshold(*GC_THRESHOLDS)  # a worker is a program of ours (cli._collect_garbage_rarely)
+    # and evaluates the same large programs again and again: malloc keeps XLA's temporary blocks
+    # (phylojax/memory.py; a forked worker of the command line has it already, a spawned one or
+    # one forked from a notebook did not; PHYLOJAX_MALLOC_TUNING=off leaves malloc alone)
+    keep_freed_memory()
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -73,3 +73,36 @@ def test_the_program_applies_it_before_anything_runs():
     source = inspect.getsource(cli.run)
     assert source.index("keep_freed_memory()") < source.index("main()")
     assert "keep_freed_memory" not in inspect.getsource(cli.main)
+
+
+WORKER_CODE = SCRIPT.replace("from phylojax.memory import keep_freed_memory\n", "").replace(
+    'applied = keep_freed_memory() if sys.argv[1] == "on" else None\n', "").replace(
+    'print(applied, out["faults"])',
+    'import os; open(os.path.join(OUT, str(os.getpid())), "w").write(str(out["faults"]))')  # fmt: skip
+
+
+@glibc_only
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_workers_keep_freed_memory(monkeypatch, tmp_path, mode):
+    """The worker processes apply the setting themselves (a spawned worker, as a notebook whose
+    JAX has started gets, does not inherit it): the same oracle, run in each worker."""
+    from phylojax import workers
+
+    assert "keep_freed_memory" not in WORKER_CODE
+    monkeypatch.setenv("PHYLOJAX_WORKERS", "2")
+    monkeypatch.setenv("PHYLOJAX_WORKER_START", "spawn")
+    monkeypatch.setenv("PHYLOJAX_MALLOC_TUNING", mode)
+    workers.shutdown()
+    try:
+        pool = workers.get()
+        code = f"OUT = {str(tmp_path)!r}\n" + WORKER_CODE
+        pool.map("builtins:exec", [(code, {}), (code, {})])  # a fresh namespace each
+    finally:
+        workers.shutdown()
+    faults = [int(p.read_text()) for p in tmp_path.iterdir()]
+    pages = 3 * 100 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert len(faults) == 2
+    if mode == "on":
+        assert max(faults) < 0.01 * pages
+    else:
+        assert min(faults) > 0.5 * pages
